@@ -1,0 +1,153 @@
+"""System checks (``manage.py check``): misconfiguration caught before it loses events."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from numbers import Real
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings as django_settings
+from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError, connections
+
+from .conf import DEFAULTS
+from .registry import registry
+
+__all__ = [
+    "check_installed",
+    "check_migrations",
+    "check_psycopg",
+    "check_receivers_importable",
+    "check_settings",
+]
+
+_POSITIVE = ("MAX_ATTEMPTS", "BATCH_SIZE", "MAX_PAYLOAD_BYTES")
+_POSITIVE_REAL = ("BACKOFF_BASE_SECONDS", "BACKOFF_MAX_SECONDS", "LEASE_SECONDS", "POLL_INTERVAL")
+
+
+@register()
+def check_installed(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """outbox.E001: the app is imported but not installed, so it has no table."""
+    if apps.is_installed("outbox"):
+        return []
+    return [
+        Error(
+            "django-signal-outbox is imported but 'outbox' is not in INSTALLED_APPS.",
+            hint="Add 'outbox' to INSTALLED_APPS and run 'manage.py migrate'.",
+            id="outbox.E001",
+        )
+    ]
+
+
+@register()
+def check_psycopg(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """outbox.E002: a PostgreSQL database without psycopg 3, which LISTEN needs."""
+    postgres = [
+        alias
+        for alias, conf in django_settings.DATABASES.items()
+        if "postgresql" in conf.get("ENGINE", "") or "postgis" in conf.get("ENGINE", "")
+    ]
+    if not postgres or importlib.util.find_spec("psycopg") is not None:
+        return []
+    return [
+        Error(
+            f"Database {', '.join(map(repr, postgres))} is PostgreSQL but psycopg 3 is not "
+            f"installed; the outbox worker needs it to LISTEN for new events.",
+            hint='pip install "django-signal-outbox[postgres]", or run the worker with --no-listen.',
+            id="outbox.E002",
+        )
+    ]
+
+
+@register()
+def check_receivers_importable(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """outbox.E003: a deferred receiver the worker could not find by its dotted path."""
+    errors = []
+    for path, spec in sorted(registry.receivers.items()):
+        module_name, _, name = path.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError) as exc:
+            found, problem = None, f"importing it fails: {exc}"
+        else:
+            problem = "that name holds a different object (shadowed or rebound)"
+        if found is spec.func or getattr(found, "__wrapped__", None) is spec.func:
+            continue
+        errors.append(
+            Error(
+                f"Deferred receiver {path} is not importable by its dotted path: {problem}.",
+                hint="Connect only module-level functions whose name is not reassigned.",
+                obj=spec.func,
+                id="outbox.E003",
+            )
+        )
+    return errors
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """outbox.E004/E005: unknown or invalid OUTBOX settings, or an unknown DATABASE."""
+    user = getattr(django_settings, "OUTBOX", None) or {}
+    if not isinstance(user, dict):
+        return [Error("The OUTBOX setting must be a dict.", hint="See the README.", id="outbox.E004")]
+    errors = []
+    for key, value in user.items():
+        problem = None
+        if key not in DEFAULTS:
+            problem = "is not a setting of django-signal-outbox"
+        elif key in _POSITIVE and (type(value) is not int or value < 1):
+            problem = "must be a positive integer"
+        elif key in _POSITIVE_REAL and (not isinstance(value, Real) or isinstance(value, bool) or value <= 0):
+            problem = "must be a positive number"
+        elif key in ("DATABASE", "NOTIFY_CHANNEL") and value is not None and not isinstance(value, str):
+            problem = "must be a string"
+        if problem:
+            errors.append(
+                Error(
+                    f"OUTBOX[{key!r}] = {value!r} {problem}.",
+                    hint=f"Valid settings and their defaults: {', '.join(sorted(DEFAULTS))}.",
+                    id="outbox.E004",
+                )
+            )
+    alias = user.get("DATABASE")
+    if isinstance(alias, str) and alias not in django_settings.DATABASES:
+        errors.append(
+            Error(
+                f"OUTBOX['DATABASE'] = {alias!r} is not a key of DATABASES.",
+                hint="Name a database alias from DATABASES, or remove the setting.",
+                id="outbox.E005",
+            )
+        )
+    return errors
+
+
+@register(Tags.database, deploy=True)
+def check_migrations(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Warning]:
+    """outbox.W001: outbox migrations not applied (``check --deploy --database ALIAS``).
+
+    A deploy check, so that ``migrate`` itself does not warn about what it is about to apply;
+    ``run_outbox`` runs it at start and refuses to start on an unmigrated database.
+    """
+    from django.db.migrations.executor import MigrationExecutor
+
+    warnings: list[Warning] = []
+    if not apps.is_installed("outbox"):
+        return warnings
+    for alias in databases or []:
+        try:
+            executor = MigrationExecutor(connections[alias])
+            plan = executor.migration_plan(executor.loader.graph.leaf_nodes("outbox"))
+        except DatabaseError:
+            continue
+        if plan:
+            warnings.append(
+                Warning(
+                    f"Database {alias!r} has {len(plan)} unapplied outbox migration(s); sends "
+                    f"and the worker will fail until they are applied.",
+                    hint=f"Run 'manage.py migrate outbox --database {alias}'.",
+                    id="outbox.W001",
+                )
+            )
+    return warnings

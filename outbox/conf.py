@@ -1,0 +1,53 @@
+"""Settings for django-signal-outbox: one accessor, every default in one place.
+
+Users configure the app with one ``OUTBOX`` dict in their Django settings. Each value is
+read at call time, so ``override_settings(OUTBOX={...})`` works in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+__all__ = ["DEFAULTS", "settings"]
+
+#: Every setting and its default. The README documents each one.
+DEFAULTS: dict[str, Any] = {
+    # How many times a deferred receiver is tried before its event is marked failed.
+    "MAX_ATTEMPTS": 8,
+    # Retry delay: BACKOFF_BASE_SECONDS * 2 ** (attempt - 1), capped, with jitter.
+    "BACKOFF_BASE_SECONDS": 2.0,
+    "BACKOFF_MAX_SECONDS": 3600.0,
+    # How long a claimed event stays reserved for one worker before any worker may
+    # take it again. A running worker extends it every LEASE_SECONDS / 3.
+    "LEASE_SECONDS": 60.0,
+    # Seconds between polls; LISTEN/NOTIFY wakes a PostgreSQL worker sooner.
+    "POLL_INTERVAL": 1.0,
+    # Events claimed in one statement.
+    "BATCH_SIZE": 100,
+    # Database alias for signals that carry no ``using`` argument; None means "default".
+    "DATABASE": None,
+    # Largest encoded payload accepted at send time, in bytes.
+    "MAX_PAYLOAD_BYTES": 1024 * 1024,
+    # PostgreSQL channel the send path NOTIFYs and the worker LISTENs on.
+    "NOTIFY_CHANNEL": "outbox",
+}
+
+
+class Settings:
+    """Attribute access to the ``OUTBOX`` setting, falling back to :data:`DEFAULTS`."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"outbox has no setting {name!r}")
+        user = getattr(django_settings, "OUTBOX", None) or {}
+        return user.get(name, DEFAULTS[name])
+
+    @property
+    def database(self) -> str:
+        """The alias used when a signal names no database."""
+        return self.DATABASE or "default"
+
+
+settings = Settings()

@@ -1,0 +1,61 @@
+"""``manage.py run_outbox``: the outbox worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from outbox.conf import settings
+from outbox.worker import Worker
+
+_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+        return value
+
+    return parse
+
+
+class Command(BaseCommand):
+    help = "Run deferred signal receivers for committed outbox events."
+    requires_migrations_checks = True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--database", help="Database alias to drain (default: OUTBOX['DATABASE']).")
+        parser.add_argument("--batch-size", type=_positive(int), help="Events claimed per statement.")
+        parser.add_argument("--poll-interval", type=_positive(float), help="Seconds between polls.")
+        parser.add_argument("--lease-seconds", type=_positive(float), help="Lease of a claimed event.")
+        parser.add_argument("--once", action="store_true", help="Drain everything due now, then exit.")
+        parser.add_argument(
+            "--no-listen",
+            action="store_true",
+            help="Poll only; do not LISTEN (for PgBouncer in transaction pooling mode).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        logger = logging.getLogger("outbox")
+        logger.setLevel(_LEVELS.get(options["verbosity"], logging.DEBUG))
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+        Worker(
+            options["database"] or settings.database,
+            batch_size=options["batch_size"],
+            poll_interval=options["poll_interval"],
+            lease_seconds=options["lease_seconds"],
+            listen=not options["no_listen"],
+            once=options["once"],
+        ).run()

@@ -1,0 +1,67 @@
+"""The outbox table: one row per send per deferred receiver."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+__all__ = ["Event"]
+
+
+class Event(models.Model):
+    """One deferred receiver call, written in the sender's transaction.
+
+    ``available_at`` is when a worker may next claim the row: the next attempt time while
+    ``pending``, the lease expiry while ``running``. One column serves both so that one
+    partial index finds both due events and events whose worker died.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        RUNNING = "running", _("running")
+        DONE = "done", _("done")
+        FAILED = "failed", _("failed")
+        DISCARDED = "discarded", _("discarded")
+
+    id = models.BigAutoField(primary_key=True)
+    signal = models.CharField(max_length=255, help_text=_("Dotted path of the signal."))
+    receiver = models.CharField(max_length=255, help_text=_("Dotted path of the receiver."))
+    payload = models.JSONField(help_text=_("The signal's sender and arguments, encoded."))
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField()
+    available_at = models.DateTimeField(
+        help_text=_("Next attempt while pending; lease expiry while running.")
+    )
+    # NULL, not "", while no worker holds it: the fence in queries.complete() tests it.
+    lease_token = models.CharField(max_length=32, null=True, blank=True, editable=False)  # noqa: DJ001
+    worker = models.CharField(max_length=255, blank=True, help_text=_("Worker that last claimed it."))
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_traceback = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = _("outbox event")
+        verbose_name_plural = _("outbox events")
+        permissions = [
+            ("replay_event", "Can replay outbox events"),
+            ("discard_event", "Can discard outbox events"),
+        ]
+        indexes = [
+            # Serves the claim in queries.claim(): only due or leased rows are indexed, so
+            # its cost does not grow with the number of done, failed or discarded rows.
+            models.Index(
+                fields=["available_at", "id"],
+                name="outbox_event_due",
+                condition=models.Q(status__in=["pending", "running"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.receiver} ({self.status})"
+
+    @property
+    def lease_expires_at(self):
+        """When another worker may take this event, while it is running."""
+        return self.available_at if self.status == self.Status.RUNNING else None

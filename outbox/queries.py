@@ -1,0 +1,219 @@
+"""Every SQL statement that writes, claims, completes or reschedules event rows.
+
+Raw SQL, because these run once per send inside the user's transaction and once per
+batch in the worker's hot loop, where the ORM's per-object cost shows. Statements are
+written for PostgreSQL and SQLite; other backends get the SQLite form, which is plain SQL
+apart from ``RETURNING``.
+
+Times come from the caller's clock (``timezone.now()``), the same on every backend: keep
+worker machines' clocks in sync, as leases are measured with them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from django.utils import timezone
+
+from .conf import settings
+
+__all__ = [
+    "Claimed",
+    "claim",
+    "complete",
+    "extend_lease",
+    "insert_event",
+    "record_failure",
+    "release",
+]
+
+TABLE = "outbox_event"
+_COLUMNS = (
+    "signal, receiver, payload, status, attempts, max_attempts, available_at, worker, "
+    "created_at, last_error, last_traceback"
+)
+
+
+@dataclass
+class Claimed:
+    """A claimed row, as the worker needs it."""
+
+    id: int
+    signal: str
+    receiver: str
+    payload: Any
+    attempts: int
+    max_attempts: int
+
+
+def _notified_marker() -> None:
+    """Registered with on_commit once per transaction that has sent a NOTIFY.
+
+    Its presence in ``connection.run_on_commit`` says "this transaction already notifies";
+    Django drops it when a savepoint that registered it rolls back, as PostgreSQL drops
+    that savepoint's NOTIFY, so the next send notifies again.
+    """
+
+
+def _adapt(connection: Any, value: datetime.datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def insert_event(alias: str, signal: str, receiver: str, payload: str, max_attempts: int) -> None:
+    """Write one pending event on ``alias``, in whatever transaction is open there.
+
+    On PostgreSQL the first row of a transaction also issues ``pg_notify`` in the same
+    statement: one NOTIFY per transaction and no extra round trip.
+    """
+    connection = connections[alias]
+    now = _adapt(connection, timezone.now())
+    params = [signal, receiver, payload, "pending", 0, max_attempts, now, "", now, "", ""]
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            cursor.execute(
+                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                params,
+            )
+            return
+        values = "%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s"
+        if connection.in_atomic_block and any(
+            func is _notified_marker for _, func, _ in connection.run_on_commit
+        ):
+            cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({values})", params)
+            return
+        cursor.execute(
+            f"WITH e AS (INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({values}) RETURNING 1) "
+            f"SELECT pg_notify(%s, '') FROM e",
+            [*params, settings.NOTIFY_CHANNEL],
+        )
+        if connection.in_atomic_block:
+            connection.on_commit(_notified_marker)
+
+
+def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> tuple[str, list[Claimed]]:
+    """Claim up to ``batch_size`` due events in one statement; return (token, rows).
+
+    Due means pending with ``available_at`` passed, or running with an expired lease (its
+    worker died). Served by the partial index ``outbox_event_due``. On PostgreSQL, ``SKIP
+    LOCKED`` lets any number of workers claim at once without waiting on or sharing a row;
+    on SQLite the single UPDATE holds the database write lock, which serializes claimers.
+    """
+    connection = connections[alias]
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    params = {
+        "token": token,
+        "until": _adapt(connection, now + datetime.timedelta(seconds=lease_seconds)),
+        "now": _adapt(connection, now),
+        "limit": batch_size,
+        "worker": worker,
+    }
+    set_running = (
+        "SET status = 'running', attempts = attempts + 1, available_at = %(until)s, "
+        "lease_token = %(token)s, worker = %(worker)s"
+    )
+    due = (
+        "status IN ('pending', 'running') AND available_at <= %(now)s "
+        "ORDER BY available_at, id LIMIT %(limit)s"
+    )
+    returning = "RETURNING id, signal, receiver, payload, attempts, max_attempts"
+    if connection.vendor == "postgresql":
+        sql = (
+            f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {due} FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {TABLE} {set_running} FROM due WHERE id = due_id {returning}"
+        )
+    else:
+        sql = f"UPDATE {TABLE} {set_running} WHERE id IN (SELECT id FROM {TABLE} WHERE {due}) {returning}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = [Claimed(*row) for row in cursor.fetchall()]
+    rows.sort(key=lambda row: row.id)
+    return token, rows
+
+
+def _ids(connection: Any, ids: Sequence[int]) -> tuple[str, list[Any]]:
+    """An ``id`` membership test served by the primary key."""
+    if connection.vendor == "postgresql":
+        return "id = ANY(%s)", [list(ids)]
+    return f"id IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
+def complete(alias: str, token: str, ids: Sequence[int]) -> int:
+    """Mark claimed events done in one statement. Fenced on the claim token: a row whose
+    lease was lost and reclaimed by another worker is left to that worker."""
+    if not ids:
+        return 0
+    connection = connections[alias]
+    test, id_params = _ids(connection, ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET status = 'done', finished_at = %s, lease_token = NULL "
+            f"WHERE {test} AND lease_token = %s",
+            [_adapt(connection, timezone.now()), *id_params, token],
+        )
+        return cursor.rowcount
+
+
+def record_failure(
+    alias: str,
+    token: str,
+    event_id: int,
+    error: str,
+    traceback: str,
+    retry_at: datetime.datetime | None,
+) -> int:
+    """Record a failed attempt: pending again at ``retry_at``, or ``failed`` if None."""
+    connection = connections[alias]
+    now = timezone.now()
+    status = "failed" if retry_at is None else "pending"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET status = %s, available_at = %s, finished_at = %s, "
+            f"last_error = %s, last_traceback = %s, lease_token = NULL "
+            f"WHERE id = %s AND lease_token = %s",
+            [
+                status,
+                _adapt(connection, retry_at or now),
+                _adapt(connection, now) if retry_at is None else None,
+                error,
+                traceback,
+                event_id,
+                token,
+            ],
+        )
+        return cursor.rowcount
+
+
+def release(alias: str, token: str, ids: Sequence[int]) -> int:
+    """Hand claimed events that were never started back, due now, their attempt undone."""
+    if not ids:
+        return 0
+    connection = connections[alias]
+    test, id_params = _ids(connection, ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET status = 'pending', available_at = %s, "
+            f"attempts = attempts - 1, lease_token = NULL WHERE {test} AND lease_token = %s",
+            [_adapt(connection, timezone.now()), *id_params, token],
+        )
+        return cursor.rowcount
+
+
+def extend_lease(alias: str, token: str, ids: Sequence[int], lease_seconds: float) -> int:
+    """Push the lease of events still in hand ``lease_seconds`` into the future."""
+    if not ids:
+        return 0
+    connection = connections[alias]
+    test, id_params = _ids(connection, ids)
+    until = timezone.now() + datetime.timedelta(seconds=lease_seconds)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET available_at = %s WHERE {test} AND lease_token = %s AND status = 'running'",
+            [_adapt(connection, until), *id_params, token],
+        )
+        return cursor.rowcount

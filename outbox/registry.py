@@ -1,0 +1,276 @@
+"""The registry of receivers connected through the outbox, and the proxies that defer them.
+
+``connect()`` does not hand the user's function to the signal. It connects a small proxy:
+for ``delivery="outbox"`` the proxy writes one event row in the sender's transaction; for
+``delivery="on_commit"`` it schedules the call with ``transaction.on_commit``. The worker
+finds receivers and signals here by name, so only what this process registered can run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import Signal
+
+from . import queries, serialization
+from .conf import settings
+from .exceptions import RegistrationError, SerializationError
+
+__all__ = ["ReceiverSpec", "connect", "disconnect", "get_receiver", "get_signal", "registry"]
+
+DELIVERIES = ("outbox", "on_commit")
+
+
+@dataclass(frozen=True)
+class ReceiverSpec:
+    """A deferred receiver as the worker sees it."""
+
+    path: str
+    func: Callable[..., Any]
+    max_attempts: int | None = None
+    timeout: float | None = None
+
+
+class Registry:
+    """Receivers by dotted path, signals by name, and the proxies connected for them."""
+
+    def __init__(self) -> None:
+        self.receivers: dict[str, ReceiverSpec] = {}
+        self.signals: dict[str, Signal] = {}
+        self._names: weakref.WeakKeyDictionary[Signal, str] = weakref.WeakKeyDictionary()
+
+    def signal_name(self, signal: Signal) -> str:
+        """The dotted path of the module attribute that defines ``signal``."""
+        name = self._names.get(signal)
+        if name is None:
+            name = _find_signal_name(signal)
+            other = self.signals.get(name)
+            if other is not None and other is not signal:
+                raise RegistrationError(f"two different signals claim the name {name!r}")
+            self._names[signal] = name
+            self.signals[name] = signal
+        return name
+
+    def add_receiver(self, spec: ReceiverSpec) -> None:
+        old = self.receivers.get(spec.path)
+        if old is None or old == spec:
+            self.receivers[spec.path] = spec
+        elif old.func is not spec.func and _origin(old.func) != _origin(spec.func):
+            raise RegistrationError(
+                f"two different functions claim the receiver path {spec.path!r}: one defined at "
+                f"{_origin(old.func)}, the other at {_origin(spec.func)}; rename one of them"
+            )
+        elif (old.max_attempts, old.timeout) != (spec.max_attempts, spec.timeout):
+            raise RegistrationError(f"{spec.path} is connected twice with different max_attempts or timeout")
+        else:  # the same function re-imported (importlib.reload, autoreload)
+            self.receivers[spec.path] = spec
+
+
+registry = Registry()
+
+
+def receiver_path(func: Callable[..., Any]) -> str:
+    """Return ``module.name`` for a module-level function, or raise RegistrationError."""
+    if inspect.ismethod(func):
+        raise RegistrationError(
+            f"{func!r} is a bound method; deferred receivers must be module-level functions "
+            f"so that the worker can find them by dotted path"
+        )
+    if not inspect.isfunction(func):
+        raise RegistrationError(
+            f"{func!r} is not a function; deferred receivers must be module-level functions"
+        )
+    qualname = func.__qualname__
+    if func.__name__ == "<lambda>" or "<" in qualname or "." in qualname:
+        raise RegistrationError(
+            f"{func.__module__}.{qualname} is a lambda, closure or method; deferred receivers "
+            f"must be module-level functions so that the worker can find them by dotted path"
+        )
+    if func.__module__ in (None, "__main__"):
+        raise RegistrationError(f"{qualname} is defined in __main__, which the worker cannot import")
+    return f"{func.__module__}.{qualname}"
+
+
+def _origin(func: Callable[..., Any]) -> str:
+    code = getattr(func, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else repr(func)
+
+
+def _find_signal_name(signal: Signal) -> str:
+    """Find where a signal is defined, the same way in every process.
+
+    A signal is usually imported into many modules; only the module that assigns it
+    (``followed = Signal()``) is imported in every process that uses it, so that one names it.
+    """
+    found = []
+    for module_name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if not namespace or module_name == "__main__":
+            continue
+        for attr, value in list(namespace.items()):
+            if value is signal:
+                found.append((module_name, attr, module))
+    if not found:
+        raise RegistrationError(
+            f"{signal!r} is not a module-level attribute of any imported module; define "
+            f"signals at module level so that the worker can find them by name"
+        )
+    defining = [f for f in found if _assigns(f[2], f[1])]
+    module_name, attr, _ = min(defining or found, key=lambda f: (f[0].count("."), f[0], f[1]))
+    return f"{module_name}.{attr}"
+
+
+def _assigns(module: Any, attr: str) -> bool:
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        return False
+    return re.search(rf"^{re.escape(attr)}\s*(:[^=\n]*)?=[^=]", source, re.MULTILINE) is not None
+
+
+def get_receiver(path: str) -> ReceiverSpec | None:
+    """The deferred receiver registered under ``path`` in this process, if any."""
+    return registry.receivers.get(path)
+
+
+def get_signal(name: str) -> Signal | None:
+    """The signal registered under ``name`` in this process, if any."""
+    return registry.signals.get(name)
+
+
+class _DeferToOutbox:
+    """Connected to the signal in place of a deferred receiver: writes its event row."""
+
+    def __init__(self, spec: ReceiverSpec, signal_name: str) -> None:
+        self.spec = spec
+        self.signal_name = signal_name
+
+    def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
+        try:
+            payload = serialization.dumps(
+                serialization.encode_payload(sender, kwargs), settings.MAX_PAYLOAD_BYTES
+            )
+        except SerializationError as exc:
+            raise type(exc)(f"cannot defer {self.spec.path} for signal {self.signal_name}: {exc}") from None
+        queries.insert_event(
+            _database(kwargs),
+            self.signal_name,
+            self.spec.path,
+            payload,
+            self.spec.max_attempts or settings.MAX_ATTEMPTS,
+        )
+
+
+class _RunOnCommit:
+    """Connected to the signal in place of an on_commit receiver."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+
+    def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
+        transaction.on_commit(_Call(self.func, signal, sender, kwargs), using=_database(kwargs), robust=True)
+
+
+class _Call:
+    """One pending on_commit call; Django logs a failure by the callback's __qualname__."""
+
+    def __init__(self, func: Callable[..., Any], signal: Signal, sender: Any, kwargs: dict[str, Any]):
+        self.func, self.signal, self.sender, self.kwargs = func, signal, sender, kwargs
+        self.__qualname__ = getattr(func, "__qualname__", repr(func))
+
+    def __call__(self) -> None:
+        self.func(signal=self.signal, sender=self.sender, **self.kwargs)
+
+
+def _database(kwargs: dict[str, Any]) -> str:
+    using = kwargs.get("using")
+    return using if isinstance(using, str) and using else settings.database
+
+
+def _signals(signal: Signal | Iterable[Signal]) -> list[Signal]:
+    return list(signal) if isinstance(signal, (list, tuple)) else [signal]
+
+
+def _uid(func: Callable[..., Any], dispatch_uid: Any, delivery: str) -> Any:
+    if dispatch_uid is not None:
+        return ("outbox", dispatch_uid)
+    if delivery == "outbox":
+        return ("outbox", receiver_path(func))
+    return ("outbox", "on_commit", id(func))
+
+
+def connect(
+    signal: Signal | Iterable[Signal],
+    func: Callable[..., Any],
+    *,
+    sender: Any = None,
+    dispatch_uid: Any = None,
+    delivery: str = "outbox",
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Connect ``func`` to ``signal`` (or a list of signals) with deferred delivery.
+
+    ``delivery="outbox"`` (default) writes an event row in the sender's transaction for the
+    worker to run after commit; ``delivery="on_commit"`` calls ``func`` in this process
+    right after the transaction commits. ``max_attempts`` and ``timeout`` (seconds) apply
+    to outbox delivery.
+    """
+    if delivery not in DELIVERIES:
+        raise RegistrationError(f"delivery must be one of {DELIVERIES}, not {delivery!r}")
+    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        raise RegistrationError(f"max_attempts must be a positive integer, not {max_attempts!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise RegistrationError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if delivery == "outbox":
+        spec = ReceiverSpec(receiver_path(func), func, max_attempts, timeout)
+        registry.add_receiver(spec)
+    for one in _signals(signal):
+        if not isinstance(one, Signal):
+            raise RegistrationError(f"{one!r} is not a django.dispatch.Signal")
+        if delivery == "outbox":
+            proxy: Callable[..., Any] = _DeferToOutbox(spec, registry.signal_name(one))
+        else:
+            proxy = _RunOnCommit(func)
+        one.connect(proxy, sender=sender, weak=False, dispatch_uid=_uid(func, dispatch_uid, delivery))
+
+
+def disconnect(
+    signal: Signal | Iterable[Signal],
+    func: Callable[..., Any] | None = None,
+    *,
+    sender: Any = None,
+    dispatch_uid: Any = None,
+    delivery: str = "outbox",
+) -> bool:
+    """Disconnect what :func:`connect` connected with the same arguments.
+
+    Returns True if anything was disconnected. Events already written stay in the table
+    and still run: the worker keeps the receiver registered, as it must to drain them.
+    """
+    if func is None and dispatch_uid is None:
+        raise RegistrationError("disconnect() needs the receiver function or its dispatch_uid")
+    uid = _uid(func, dispatch_uid, delivery)
+    disconnected = False
+    for one in _signals(signal):
+        disconnected = one.disconnect(sender=sender, dispatch_uid=uid) or disconnected
+    return disconnected
+
+
+def receiver(
+    signal: Signal | Iterable[Signal], **options: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator form of :func:`connect`; returns the function unchanged."""
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        connect(signal, func, **options)
+        return func
+
+    return decorator

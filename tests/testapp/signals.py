@@ -1,0 +1,5 @@
+import django.dispatch
+
+followed = django.dispatch.Signal()
+pinged = django.dispatch.Signal()
+work = django.dispatch.Signal()
