@@ -1,0 +1,153 @@
+"""Fixtures, and the rule for PostgreSQL: unreachable fails the run under CI, skips otherwise."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from outbox.worker import Worker
+from tests.testapp import receivers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _vendor() -> str:
+    engine = settings.DATABASES["default"]["ENGINE"]
+    return "postgresql" if "postgresql" in engine else engine.rsplit(".", 1)[-1]
+
+
+def _postgres_problem() -> str | None:
+    if _vendor() != "postgresql":
+        return None
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    try:
+        psycopg.connect(
+            host=db.get("HOST") or None,
+            port=db.get("PORT") or None,
+            user=db.get("USER") or None,
+            password=db.get("PASSWORD") or None,
+            dbname="postgres",
+            connect_timeout=5,
+        ).close()
+    except psycopg.Error as exc:
+        return f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
+def pytest_report_header(config):
+    db = settings.DATABASES["default"]
+    where = f"{db.get('HOST') or 'local'}:{db.get('PORT') or ''}/{db['NAME']}"
+    return f"outbox test database: {_vendor()} ({where})"
+
+
+def pytest_collection_modifyitems(config, items):
+    problem = _postgres_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.exit(f"PostgreSQL is unreachable and CI is set, so this is a failure: {problem}", returncode=3)
+    skip = pytest.mark.skip(reason=f"PostgreSQL unreachable (set CI to make this fail): {problem}")
+    for item in items:
+        item.add_marker(skip)
+
+
+postgres_only = pytest.mark.skipif(
+    "postgresql" not in settings.DATABASES["default"]["ENGINE"], reason="PostgreSQL only"
+)
+
+
+@pytest.fixture(autouse=True)
+def _reset_receivers():
+    receivers.CALLS.clear()
+    receivers.FAILURES["remaining"] = 0
+    yield
+    receivers.CALLS.clear()
+
+
+@pytest.fixture
+def drain():
+    """Run an in-process worker until nothing is due; return how many events it handled."""
+
+    def run(**options):
+        options.setdefault("listen", False)
+        return Worker(once=True, **options).run()
+
+    return run
+
+
+def calls(name=None):
+    """The receiver calls recorded in this process, optionally for one receiver."""
+    return [c for c in receivers.CALLS if name is None or c[0] == name]
+
+
+class WorkerProcess:
+    """``manage.py run_outbox`` in a real process, on the test database."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        environment = {**os.environ, **worker_env(), **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "django", "run_outbox", "--settings=tests.settings", *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def signal(self, signum=signal.SIGTERM):
+        self.process.send_signal(signum)
+
+    def wait(self, timeout=30):
+        out, _ = self.process.communicate(timeout=timeout)
+        self.output = out
+        return self.process.returncode
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+def worker_env() -> dict[str, str]:
+    """Environment that points a child process at the test database."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        url = f"sqlite:///{db['NAME']}"
+    else:
+        auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+        url = f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {"DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def worker_process():
+    started = []
+
+    def start(*args, **kwargs):
+        proc = WorkerProcess(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def wait_for(predicate, timeout=30.0, interval=0.02):
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
