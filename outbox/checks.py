@@ -101,7 +101,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             problem = "must be a positive integer"
         elif key in _POSITIVE_REAL and (not isinstance(value, Real) or isinstance(value, bool) or value <= 0):
             problem = "must be a positive number"
-        elif key in ("DATABASE", "NOTIFY_CHANNEL") and value is not None and not isinstance(value, str):
+        elif (
+            key in ("DATABASE", "NOTIFY_CHANNEL", "DISPATCHER")
+            and value is not None
+            and not isinstance(value, str)
+        ):
             problem = "must be a string"
         if problem:
             errors.append(

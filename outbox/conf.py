@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE": None,
     # Largest encoded payload accepted at send time, in bytes.
     "MAX_PAYLOAD_BYTES": 1024 * 1024,
+    # Dotted path of the dispatcher class; None runs receivers in the worker process.
+    "DISPATCHER": None,
     # PostgreSQL channel the send path NOTIFYs and the worker LISTENs on.
     "NOTIFY_CHANNEL": "outbox",
 }

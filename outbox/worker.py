@@ -9,49 +9,27 @@ twice; a worker that dies leaves rows that any worker reclaims when their lease 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
 import signal as signals
 import socket
 import threading
 import time
-import traceback
-from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections
-from django.utils import timezone
 
 from . import queries
 from .conf import settings
-from .exceptions import DispatchError, OutboxError, UnknownReceiver
+from .dispatch import Dispatcher, get_dispatcher
 from .listener import Listener, can_listen
-from .registry import get_receiver, get_signal
-from .serialization import PayloadDecoder
 
-__all__ = ["ReceiverTimeout", "Worker", "backoff_delay"]
+__all__ = ["Worker"]
 
 logger = logging.getLogger("outbox")
 
 # Errors that mean "the database went away", after which the worker reconnects.
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
-
-
-class ReceiverTimeout(OutboxError):
-    """A receiver ran longer than its ``timeout``."""
-
-
-def backoff_delay(attempts: int) -> float:
-    """Seconds before retry number ``attempts``: exponential, capped, with jitter.
-
-    The jitter draws from the upper half of the delay, so retries of events that failed
-    together spread out without any retrying much sooner than planned.
-    """
-    delay = min(settings.BACKOFF_MAX_SECONDS, settings.BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0))
-    return random.uniform(delay / 2, delay)
 
 
 class Worker:
@@ -70,6 +48,7 @@ class Worker:
         lease_seconds: float | None = None,
         listen: bool = True,
         once: bool = False,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.database = database or settings.database
         self.batch_size = batch_size or settings.BATCH_SIZE
@@ -77,6 +56,7 @@ class Worker:
         self.lease_seconds = lease_seconds or settings.LEASE_SECONDS
         self.listen = listen and can_listen(self.database)
         self.once = once
+        self.dispatcher = dispatcher or get_dispatcher()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = False
         self.processed = 0
@@ -193,34 +173,17 @@ class Worker:
     # --- one batch -------------------------------------------------------------------
 
     def run_batch(self) -> int:
-        """Claim and handle one batch; return how many events were claimed."""
+        """Claim one batch and hand it to the dispatcher; return how many were claimed."""
         token, rows = queries.claim(self.database, self.batch_size, self.lease_seconds, self.name)
-        if not rows:
-            return 0
-        ids = [row.id for row in rows]
-        # The heartbeat extends every row of the batch until _finish has recorded it:
-        # a row already run but not yet marked done must not be reclaimed either.
-        self._inflight = (token, ids)
-        done: list[int] = []
-        started = 0
-        try:
-            decoder = PayloadDecoder()
-            payloads = [_parse(row.payload) for row in rows]
-            for payload in payloads:
-                decoder.add(payload)
-            for row, payload in zip(rows, payloads, strict=True):
-                if self.stopping:
-                    break
-                started += 1
-                if self._handle(token, row, payload, decoder):
-                    done.append(row.id)
-                self.processed += 1
-        finally:
-            self._finish(token, done, ids[started:])
-            self._inflight = (token, [])
+        if rows:
+            self.dispatcher.dispatch(self, token, rows)
         return len(rows)
 
-    def _finish(self, token: str, done: list[int], unstarted: list[int]) -> None:
+    def hold(self, token: str, ids: list[int]) -> None:
+        """Have the heartbeat extend the lease of these claimed rows (none: ``[]``)."""
+        self._inflight = (token, ids)
+
+    def finish(self, token: str, done: list[int], unstarted: list[int]) -> None:
         """Mark successes done and hand back unstarted rows, retrying through a restart."""
         for attempt in range(5):
             try:
@@ -233,80 +196,6 @@ class Worker:
                 time.sleep(0.2 * 2**attempt)
         logger.error("gave up recording %d done events; they will run again after their lease", len(done))
 
-    def _handle(self, token: str, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
-        """Run one event; True on success. Failures are recorded here."""
-        started = time.perf_counter()
-        try:
-            spec = get_receiver(row.receiver)
-            signal = get_signal(row.signal)
-            if spec is None or signal is None:
-                missing = f"receiver {row.receiver!r}" if spec is None else f"signal {row.signal!r}"
-                raise UnknownReceiver(
-                    f"{missing} is not registered in this worker process; nothing was imported "
-                    f"or called (connect it with outbox.receiver in a module imported at startup, "
-                    f"then replay the event)"
-                )
-            if row.attempts > row.max_attempts:
-                raise DispatchError(
-                    f"gave up after {row.max_attempts} attempts: the worker running this event "
-                    f"stopped before finishing it (lease expired)"
-                )
-            if isinstance(payload, _Corrupt):
-                raise DispatchError(f"the payload is not valid JSON: {payload.error}")
-            sender, kwargs = decoder.decode(payload)
-        except DispatchError as exc:
-            self._failed(token, row, exc, started, permanent=True)
-            return False
-        try:
-            _call(spec.func, spec.timeout, signal=signal, sender=sender, **kwargs)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            self._failed(token, row, exc, started, permanent=False)
-            return False
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "event %d %s done in %.1f ms (attempt %d)",
-                row.id,
-                row.receiver,
-                (time.perf_counter() - started) * 1000,
-                row.attempts,
-            )
-        return True
-
-    def _failed(
-        self, token: str, row: queries.Claimed, exc: BaseException, started: float, permanent: bool
-    ) -> None:
-        error = f"{type(exc).__qualname__}: {exc}"
-        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        retry_at = None
-        if not permanent and row.attempts < row.max_attempts:
-            retry_at = timezone.now() + timedelta(seconds=backoff_delay(row.attempts))
-        queries.record_failure(self.database, token, row.id, error[:10000], trace, retry_at)
-        outcome = "failed for good" if retry_at is None else f"failed, retry at {retry_at:%H:%M:%S}"
-        logger.warning(
-            "event %d %s %s in %.1f ms (attempt %d/%d): %s",
-            row.id,
-            row.receiver,
-            outcome,
-            (time.perf_counter() - started) * 1000,
-            row.attempts,
-            row.max_attempts,
-            error,
-        )
-
-
-class _Corrupt:
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-def _parse(raw: Any) -> Any:
-    if isinstance(raw, (str, bytes, bytearray)):
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            return _Corrupt(exc)
-    return raw
-
 
 def _listener_errors() -> tuple[type[BaseException], ...]:
     try:
@@ -314,21 +203,3 @@ def _listener_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         return ()
     return (psycopg.OperationalError,)
-
-
-def _call(func: Callable[..., Any], timeout: float | None, **kwargs: Any) -> None:
-    """Call a receiver, bounded by ``timeout`` seconds where SIGALRM allows it."""
-    if not timeout or threading.current_thread() is not threading.main_thread():
-        func(**kwargs)
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise ReceiverTimeout(f"the receiver ran longer than its timeout of {timeout}s")
-
-    previous = signals.signal(signals.SIGALRM, expire)
-    signals.setitimer(signals.ITIMER_REAL, timeout)
-    try:
-        func(**kwargs)
-    finally:
-        signals.setitimer(signals.ITIMER_REAL, 0)
-        signals.signal(signals.SIGALRM, previous)
