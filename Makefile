@@ -17,10 +17,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The example site end to end on a fresh SQLite database (example/db.sqlite3).
 demo: venv
-	rm -f example/db.sqlite3
-	cd example && ../$(PY) manage.py migrate -v0
-	cd example && ../$(PY) manage.py demo
+	@rm -f example/db.sqlite3
+	@cd example && ../$(PY) manage.py migrate -v0
+	@cd example && ../$(PY) manage.py demo_scenario
+	@echo "2. The worker runs what committed: manage.py run_outbox --once"
+	@cd example && ../$(PY) manage.py run_outbox --once
+	@cd example && ../$(PY) manage.py demo_report
 
 test: lint checks test-sqlite test-postgres
 

@@ -1,0 +1,48 @@
+"""Receivers of the demo. None of them runs inside the request's transaction."""
+
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+from django.db.models.signals import m2m_changed, post_save
+
+import outbox
+
+from .models import FollowStats, Profile
+from .signals import followed
+
+
+def _mail(to, subject, body):
+    # The demo's mail server refuses one domain, so that some events fail and retry.
+    if to.endswith("@invalid"):
+        raise ConnectionError(f"the mail server refused {to}")
+    send_mail(subject, body, None, [to])
+
+
+@outbox.receiver(post_save, sender=get_user_model())
+def send_welcome_email(sender, instance, created, **kwargs):
+    """Deferred: a new user gets a welcome email, only once the signup committed."""
+    if created:
+        _mail(instance.email, "Welcome!", f"Hello {instance.username}, welcome aboard.")
+
+
+@outbox.receiver(followed)
+def email_follow_notification(sender, followed, **kwargs):
+    """Deferred: 'X followed you', never for a follow that rolled back."""
+    name = sender.user.username
+    _mail(followed.user.email, f"{name} followed you", f"{name} is now following you.")
+
+
+@outbox.receiver(m2m_changed, sender=Profile.following.through)
+def count_followers(sender, instance, action, reverse, pk_set, **kwargs):
+    """Deferred, idempotent: recounts rather than increments, so a retry is harmless."""
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    if reverse:
+        targets = [instance]
+    elif pk_set is None:  # post_clear: pk_set is None; recount everyone
+        targets = list(Profile.objects.all())
+    else:
+        targets = list(Profile.objects.filter(pk__in=pk_set))
+    for profile in targets:
+        FollowStats.objects.update_or_create(
+            profile=profile, defaults={"followers": profile.followers.count()}
+        )
