@@ -43,10 +43,11 @@ TEMPLATES = [
 ]
 WSGI_APPLICATION = "example.wsgi.application"
 
-if os.environ.get("DATABASE_URL"):
+# SQLite unless DEMO_DATABASE_URL says otherwise (DATABASE_URL is left to the test suite).
+if os.environ.get("DEMO_DATABASE_URL"):
     import dj_database_url
 
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+    DATABASES = {"default": dj_database_url.parse(os.environ["DEMO_DATABASE_URL"])}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
 
