@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,31 +92,48 @@ def calls(name=None):
 
 
 class WorkerProcess:
-    """``manage.py run_outbox`` in a real process, on the test database."""
+    """``manage.py run_outbox`` in a real process, on the test database.
 
-    def __init__(self, *args: str, env: dict | None = None):
+    Output goes to a file, not a pipe: a worker logging every event would otherwise block
+    once the pipe's buffer is full.
+    """
+
+    def __init__(self, *args: str, env: dict | None = None, ready: bool = True):
         environment = {**os.environ, **worker_env(), **(env or {})}
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="outbox-worker-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "django", "run_outbox", "--settings=tests.settings", *args],
             cwd=ROOT,
             env=environment,
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        if ready:
+            self.wait_ready()
+
+    @property
+    def output(self) -> str:
+        with open(self.log.name) as log:
+            return log.read()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until the worker has installed its signal handlers and started its loop."""
+        wait_for(lambda: " on database " in self.output or self.process.poll() is not None, timeout)
+        assert self.process.poll() is None, f"the worker exited early:\n{self.output}"
 
     def signal(self, signum=signal.SIGTERM):
         self.process.send_signal(signum)
 
     def wait(self, timeout=30):
-        out, _ = self.process.communicate(timeout=timeout)
-        self.output = out
+        self.process.wait(timeout=timeout)
         return self.process.returncode
 
     def stop(self):
         if self.process.poll() is None:
             self.process.kill()
-            self.process.communicate()
+            self.process.wait()
+        self.log.close()
 
 
 def worker_env() -> dict[str, str]:
