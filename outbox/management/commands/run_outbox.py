@@ -7,8 +7,9 @@ import logging
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from outbox.checks import check_migrations
 from outbox.conf import settings
 from outbox.worker import Worker
 
@@ -51,8 +52,11 @@ class Command(BaseCommand):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
+        database = options["database"] or settings.database
+        for problem in check_migrations(databases=[database]):
+            raise CommandError(f"{problem.msg} {problem.hint} ({problem.id})")
         Worker(
-            options["database"] or settings.database,
+            database,
             batch_size=options["batch_size"],
             poll_interval=options["poll_interval"],
             lease_seconds=options["lease_seconds"],

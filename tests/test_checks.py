@@ -1,0 +1,111 @@
+"""System checks: each misconfiguration is reported with its id and a hint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+
+from outbox import checks
+from outbox.registry import ReceiverSpec, registry
+from tests.conftest import ROOT, worker_env
+
+
+def ids(messages):
+    return [m.id for m in messages]
+
+
+def test_a_clean_configuration_has_no_errors():
+    assert checks.check_installed() == []
+    assert checks.check_receivers_importable() == []
+    assert checks.check_settings() == []
+
+
+def test_not_in_installed_apps_is_outbox_e001():
+    script = (
+        "import django; from django.conf import settings;"
+        "settings.configure(INSTALLED_APPS=['django.contrib.contenttypes']);"
+        "django.setup(); import outbox;"
+        "from django.core import checks;"
+        "print([m.id for m in checks.run_checks()])"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "outbox.E001" in out.stdout
+
+
+def test_psycopg_missing_for_postgresql_is_outbox_e002(monkeypatch):
+    pg = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}}
+    monkeypatch.setattr(checks.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(checks, "django_settings", SimpleNamespace(DATABASES=pg))
+    [error] = checks.check_psycopg()
+    assert error.id == "outbox.E002" and "psycopg" in error.msg and error.hint
+
+
+def receiver_that_moves(sender, **kwargs):
+    pass
+
+
+def test_a_receiver_not_importable_by_its_path_is_outbox_e003():
+    spec = ReceiverSpec("tests.test_checks.no_such_name", receiver_that_moves)
+    registry.receivers[spec.path] = spec
+    try:
+        [error] = checks.check_receivers_importable()
+    finally:
+        del registry.receivers[spec.path]
+    assert error.id == "outbox.E003" and "tests.test_checks.no_such_name" in error.msg
+
+
+@pytest.mark.parametrize(
+    "outbox_setting, fragment",
+    [
+        ({"MAX_ATTEMPS": 3}, "is not a setting"),
+        ({"MAX_ATTEMPTS": 0}, "positive integer"),
+        ({"LEASE_SECONDS": "60"}, "positive number"),
+        ({"BATCH_SIZE": True}, "positive integer"),
+        ({"DATABASE": 3}, "must be a string"),
+    ],
+)
+def test_invalid_settings_are_outbox_e004(outbox_setting, fragment):
+    with override_settings(OUTBOX=outbox_setting):
+        [error] = checks.check_settings()
+    assert error.id == "outbox.E004" and fragment in error.msg and "MAX_ATTEMPTS" in error.hint
+
+
+def test_an_unknown_database_alias_is_outbox_e005():
+    with override_settings(OUTBOX={"DATABASE": "replica"}):
+        assert ids(checks.check_settings()) == ["outbox.E005"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unapplied_migrations_are_outbox_w001():
+    assert checks.check_migrations(databases=["default"]) == []
+    call_command("migrate", "outbox", "0001", verbosity=0)
+    try:
+        [warning] = checks.check_migrations(databases=["default"])
+        assert warning.id == "outbox.W001" and "migrate outbox" in warning.hint
+    finally:
+        call_command("migrate", "outbox", verbosity=0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_refuses_to_start_on_an_unmigrated_database():
+    call_command("migrate", "outbox", "zero", verbosity=0)
+    try:
+        env = {**os.environ, **worker_env()}
+        out = subprocess.run(
+            [sys.executable, "-m", "django", "run_outbox", "--once", "--settings=tests.settings"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        call_command("migrate", "outbox", verbosity=0)
+    assert out.returncode != 0
+    assert "outbox.W001" in out.stderr or "migrate outbox" in out.stderr
