@@ -140,6 +140,7 @@ def _data_errors():
     return (DataError,)
 
 
+@override_settings(OUTBOX={"BACKOFF_BASE_SECONDS": 30})
 def test_a_receiver_raising_system_exit_is_a_failure_not_the_end_of_the_worker(drain):
     import outbox
     import tests.test_worker as here
