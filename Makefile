@@ -7,7 +7,7 @@ PG_URL ?= $(or $(filter postgres%,$(DATABASE_URL)),postgres://postgres@127.0.0.1
 SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-sqlite test-postgres lint checks postgres-up clean
+.PHONY: venv demo test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,19 @@ postgres-up:
 
 clean:
 	rm -rf $(VENV) *.egg-info tests/.sqlite*.db example/db.sqlite3 artifacts
+
+# Django 4.2 LTS on the default Python, and Django 6 on Python 3.12 where pyenv has it
+# (Django 6 needs 3.12+). Each in its own virtualenv; both database halves.
+MATRIX_PY312 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
+test-matrix:
+	$(MAKE) matrix-one MATRIX_NAME=dj42 MATRIX_PYTHON=$(PYTHON) MATRIX_DJANGO='Django>=4.2,<5.0'
+	@if [ -n "$(MATRIX_PY312)" ]; then \
+	  $(MAKE) matrix-one MATRIX_NAME=dj6 MATRIX_PYTHON=$(MATRIX_PY312) MATRIX_DJANGO='Django>=6.0,<7.0'; \
+	else echo "Python 3.12 not found under pyenv: Django 6 not tested"; fi
+
+matrix-one:
+	test -x .venv-$(MATRIX_NAME)/bin/python || $(MATRIX_PYTHON) -m venv .venv-$(MATRIX_NAME)
+	.venv-$(MATRIX_NAME)/bin/python -m pip install -q -e '.[dev,postgres,q2]' '$(MATRIX_DJANGO)'
+	.venv-$(MATRIX_NAME)/bin/python -m django --version
+	DATABASE_URL=$(SQLITE_URL) .venv-$(MATRIX_NAME)/bin/python -m pytest -q $(PYTEST_ARGS)
+	DATABASE_URL=$(PG_URL) .venv-$(MATRIX_NAME)/bin/python -m pytest -q $(PYTEST_ARGS)

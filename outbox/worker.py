@@ -54,7 +54,7 @@ class Worker:
         self.batch_size = batch_size or settings.BATCH_SIZE
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
         self.lease_seconds = lease_seconds or settings.LEASE_SECONDS
-        self.listen = listen and can_listen(self.database)
+        self.listen = listen and not once and can_listen(self.database)
         self.once = once
         self.dispatcher = dispatcher or get_dispatcher()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -112,7 +112,6 @@ class Worker:
         failures = 0
         while not self.stopping:
             try:
-                close_old_connections()
                 if self.listen and self._listener is None:
                     self._listener = Listener(self.database, settings.NOTIFY_CHANNEL)
                 handled = self.run_batch()
@@ -128,6 +127,10 @@ class Worker:
                 continue
             if self.once:
                 return
+            # As Django does between requests: honour CONN_MAX_AGE and drop broken
+            # connections. Only when idle: with the default CONN_MAX_AGE of 0 this
+            # reconnects, which must not happen between every batch of a backlog.
+            close_old_connections()
             self._idle()
 
     def _reset_connections(self) -> None:
