@@ -7,7 +7,7 @@ PG_URL ?= $(or $(filter postgres%,$(DATABASE_URL)),postgres://postgres@127.0.0.1
 SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
+.PHONY: venv demo demo-server test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ demo: venv
 	@echo "2. The worker runs what committed: manage.py run_outbox --once"
 	@cd example && ../$(PY) manage.py run_outbox --once
 	@cd example && ../$(PY) manage.py demo_report
+
+# The demo, then its admin at http://127.0.0.1:8000/admin/ (admin / admin) with a worker
+# running beside it: erin's events fail until they are marked failed, ready to be replayed.
+demo-server: demo
+	@cd example && DJANGO_SUPERUSER_PASSWORD=admin ../$(PY) manage.py createsuperuser \
+	  --noinput --username admin --email admin@social.example
+	@echo "Admin: http://127.0.0.1:8000/admin/ (user admin, password admin). Ctrl-C stops both."
+	@cd example && ../$(PY) manage.py run_outbox -v0 & worker=$$!; \
+	  trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
+	  cd example && ../$(PY) manage.py runserver 127.0.0.1:8000
 
 test: lint checks test-sqlite test-postgres
 
