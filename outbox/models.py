@@ -56,6 +56,15 @@ class Event(models.Model):
                 name="outbox_event_due",
                 condition=models.Q(status__in=["pending", "running"]),
             ),
+            # Serves what operators ask of finished events (done, failed, discarded): the
+            # failed count and the done rate of ``outbox_status``, replaying failed events,
+            # and pruning old done events in (finished_at, id) order. Pending and running
+            # rows have no finished_at, so the claim path never writes to it.
+            models.Index(
+                fields=["status", "finished_at", "id"],
+                name="outbox_event_finished",
+                condition=models.Q(finished_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
