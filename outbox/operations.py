@@ -74,7 +74,10 @@ def select_events(
         queryset = queryset.filter(receiver__in=receivers)
     if signals:
         queryset = queryset.filter(signal__in=signals)
-    if statuses:
+    if len(statuses) == 1:
+        # ``=`` rather than a one-value IN: SQLite matches partial indexes term by term.
+        queryset = queryset.filter(status=statuses[0])
+    elif statuses:
         queryset = queryset.filter(status__in=statuses)
     if ids:
         ranges = Q()

@@ -13,7 +13,6 @@ from django.test import override_settings
 from django.utils import timezone
 
 from outbox import operations, pruning, queries
-from outbox.checks import check_settings
 from outbox.models import Event
 from outbox.worker import Worker
 from tests.conftest import postgres_only
@@ -105,16 +104,10 @@ def test_dry_run_counts_and_deletes_nothing():
     assert Event.objects.count() == 4
 
 
-@pytest.mark.parametrize("bad", ["7", "seven days", "7x", "-1d", "", "1d-2h"])
-def test_bad_durations_are_usage_errors_that_say_what_is_accepted(bad):
-    result = run("outbox_prune", f"--older-than={bad}")
-    assert result.code == 1  # call_command; from the command line argparse exits with 2
-    assert "is not a duration: use a number and a unit (s, m, h, d or w)" in result.err
-
-
 def test_older_than_is_required_and_batch_size_is_bounded():
     assert "--older-than" in run("outbox_prune").err
-    assert "must be between 1 and 100000" in run("outbox_prune", "--older-than", "1d", "--batch-size", "0").err
+    result = run("outbox_prune", "--older-than", "1d", "--batch-size", "0")
+    assert "must be between 1 and 100000" in result.err
 
 
 def test_durations_add_up_their_parts():
@@ -166,31 +159,6 @@ def test_the_worker_prunes_at_most_once_per_prune_interval():
         finished_ago(second, seconds=120)
         worker.run()
         assert list(Event.objects.values_list("pk", flat=True)) == second
-
-
-@pytest.mark.parametrize(
-    "key, value",
-    [
-        ("PRUNE_AFTER", "7d"),
-        ("PRUNE_AFTER", 0),
-        ("PRUNE_AFTER", datetime.timedelta(0)),
-        ("PRUNE_AFTER", True),
-        ("PRUNE_INTERVAL", 0),
-        ("PRUNE_BATCH_SIZE", 0),
-        ("PRUNE_BATCH_SIZE", 10.5),
-    ],
-)
-def test_invalid_pruning_settings_fail_the_system_check(key, value):
-    with override_settings(OUTBOX={key: value}):
-        [error] = check_settings()
-    assert error.id == "outbox.E004"
-    assert key in error.msg
-
-
-@pytest.mark.parametrize("value", [None, 3600, 0.5, datetime.timedelta(days=7)])
-def test_valid_prune_after_settings_pass_the_system_check(value):
-    with override_settings(OUTBOX={"PRUNE_AFTER": value, "PRUNE_INTERVAL": 60, "PRUNE_BATCH_SIZE": 500}):
-        assert check_settings() == []
 
 
 @postgres_only

@@ -9,9 +9,14 @@ import subprocess
 import sys
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from outbox.models import Event
+from outbox.operations import replay, select_events
+from outbox.pruning import prune
+from outbox.status import collect
 from tests.conftest import ROOT, postgres_only, worker_env
 from tests.operating import FLAKY, done, failed, finished_ago, ping, run
 
@@ -168,3 +173,59 @@ def test_exit_status_of_a_real_process_for_health_checks():
     assert "'soon' is not a number" in usage.stderr
     unknown = _status_process("--database", "nope")
     assert unknown.returncode == 1
+
+
+def _bulk_done(n: int) -> None:
+    """n done events a day old, written in one statement, and fresh planner statistics."""
+    day_ago = connection.ops.adapt_datetimefield_value(timezone.now() - datetime.timedelta(days=1))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < %s) "
+            "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
+            "available_at, worker, created_at, finished_at, last_error, last_traceback) "
+            "SELECT 's', 'r', '{}', 'done', 1, 8, %s, '', %s, %s, '', '' FROM seq",
+            [n, day_ago, day_ago, day_ago],
+        )
+        cursor.execute("ANALYZE outbox_event" if connection.vendor == "postgresql" else "ANALYZE")
+
+
+def _plans(run_queries) -> dict[str, str]:
+    """The query plan of every SELECT on the event table that ``run_queries`` makes."""
+    with CaptureQueriesContext(connection) as captured:
+        run_queries()
+    explain = "EXPLAIN" if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN"
+    plans = {}
+    with connection.cursor() as cursor:
+        for query in captured.captured_queries:
+            sql = query["sql"]
+            if sql.startswith("SELECT") and "outbox_event" in sql and "pg_stat" not in sql:
+                cursor.execute(f"{explain} {sql}")
+                plans[sql] = "\n".join(str(row[-1]) for row in cursor.fetchall())
+    return plans
+
+
+def _reads_whole_table(plan: str) -> bool:
+    if connection.vendor == "postgresql":
+        return "Seq Scan" in plan
+    # SQLite: "SCAN outbox_event" without an index is a full table scan.
+    return any(line.startswith("SCAN") and "INDEX" not in line for line in plan.splitlines())
+
+
+def test_status_replay_and_prune_read_indexes_not_the_whole_table_of_done_events():
+    _bulk_done(50_000)
+    failed(1)
+    ping(2)
+    one_batch = iter([False])  # then True: stop after the first DELETE
+    plans = {
+        **_plans(lambda: collect("default")),
+        **_plans(lambda: replay(select_events(statuses=["failed"]), dry_run=True)),
+        **_plans(
+            lambda: prune("default", datetime.timedelta(hours=1), should_stop=lambda: next(one_batch, True))
+        ),
+    }
+    # Lag, due count, three counts (active, failed, discarded), rate; replay's selection;
+    # one prune page.
+    assert len(plans) == 8
+    for sql, plan in plans.items():
+        assert not _reads_whole_table(plan), f"{sql}\n{plan}"
+    assert Event.objects.filter(status="done").count() == 50_000 - 1000  # one batch pruned
