@@ -29,7 +29,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--count-done",
             action="store_true",
-            help="Also count done events (reads one index entry per done event kept: slow on huge tables).",
+            help="Also count done events: a scan of the whole table, slow on millions of rows.",
         )
         parser.add_argument(
             "--max-lag",
