@@ -1,4 +1,4 @@
-"""Every SQL statement that writes, claims, completes or reschedules event rows.
+"""Every SQL statement that writes, claims, completes, reschedules or deletes event rows.
 
 Raw SQL, because these run once per send inside the user's transaction and once per
 batch in the worker's hot loop, where the ORM's per-object cost shows. Statements are
