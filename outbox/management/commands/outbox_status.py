@@ -87,8 +87,8 @@ def _text(report: Report) -> str:
     if report.table:
         t = report.table
         lines.append(
-            f"table: ~{t['live_rows']} live rows, {t['dead_rows']} dead, {t['size_bytes'] / 2**20:.1f} MiB; "
-            f"last autovacuum {t['last_autovacuum'] or 'never'}"
+            f"table: ~{t['live_rows']:,} live rows, {t['dead_rows']:,} dead, "
+            f"{t['size_bytes'] / 2**20:.1f} MiB; last autovacuum {t['last_autovacuum'] or 'never'}"
         )
     lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
     return "\n".join(lines)
