@@ -101,13 +101,23 @@ def _table_stats(database: str) -> dict[str, Any] | None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT n_live_tup, n_dead_tup, last_vacuum, last_autovacuum, last_autoanalyze, "
-            "pg_total_relation_size(relid) FROM pg_stat_user_tables WHERE relid = %s::regclass",
+            "pg_total_relation_size(relid), current_setting('autovacuum') = 'on' "
+            "FROM pg_stat_user_tables WHERE relid = %s::regclass",
             [Event._meta.db_table],
         )
         row = cursor.fetchone()
     if row is None:
         return None
-    keys = ("live_rows", "dead_rows", "last_vacuum", "last_autovacuum", "last_autoanalyze", "size_bytes")
+    keys = (
+        "live_rows",
+        "dead_rows",
+        "last_vacuum",
+        "last_autovacuum",
+        "last_autoanalyze",
+        "size_bytes",
+        # The server-wide switch: when off, nothing vacuums the table but a manual VACUUM.
+        "autovacuum_on",
+    )
     return dict(zip(keys, row, strict=True))
 
 

@@ -146,8 +146,12 @@ def test_reports_table_size_and_vacuum_state_on_postgresql():
         "last_autovacuum",
         "last_autoanalyze",
         "size_bytes",
+        "autovacuum_on",
     }
     assert table["size_bytes"] > 0
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        assert table["autovacuum_on"] is (cursor.fetchone()[0] == "on")
 
 
 def _status_process(*args: str) -> subprocess.CompletedProcess:

@@ -89,6 +89,7 @@ def _text(report: Report) -> str:
         lines.append(
             f"table: ~{t['live_rows']:,} live rows, {t['dead_rows']:,} dead, "
             f"{t['size_bytes'] / 2**20:.1f} MiB; last autovacuum {t['last_autovacuum'] or 'never'}"
+            + ("" if t["autovacuum_on"] else " (autovacuum is OFF on this server)")
         )
     lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
     return "\n".join(lines)
