@@ -4,19 +4,23 @@ in short batches, and nothing unfinished is ever deleted."""
 from __future__ import annotations
 
 import datetime
+import io
 import time
+from collections import Counter
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
 from outbox import operations, pruning, queries
 from outbox.models import Event
 from outbox.worker import Worker
-from tests.conftest import postgres_only
+from tests.conftest import postgres_only, wait_for
 from tests.operating import done, failed, finished_ago, ping, run
+from tests.testapp.models import Call
+from tests.testapp.signals import work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -124,6 +128,26 @@ def test_a_prune_past_its_deadline_stops_between_batches_and_says_so():
     assert (result.complete, result.total) == (False, 0)
     result = pruning.prune("default", datetime.timedelta(hours=1), batch_size=1)
     assert (result.complete, result.total, result.batches) == (True, 3, 3)
+
+
+def test_pruning_beside_a_busy_worker_process_loses_no_event(worker_process):
+    worker_process()
+    keys = [f"k{i}" for i in range(200)]
+    pruned = 0
+    for start in range(0, len(keys), 20):
+        with transaction.atomic():
+            for key in keys[start : start + 20]:
+                work.send(sender="ops", key=key)
+        if start == 0:
+            wait_for(lambda: Call.objects.count() >= 20, timeout=60)
+        # Prune everything done so far while the worker claims and completes the rest.
+        result = pruning.prune("default", datetime.timedelta(0), batch_size=7)
+        pruned += result.total
+    assert pruned >= 20
+    wait_for(lambda: Call.objects.count() >= len(keys), timeout=60)
+    call_command("outbox_prune", "--older-than", "0s", stdout=io.StringIO())
+    assert Counter(Call.objects.values_list("key", flat=True)) == Counter(keys)
+    assert list(Event.objects.values_list("status", flat=True)) == []
 
 
 # --- automatic pruning by the worker ------------------------------------------------------
