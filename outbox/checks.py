@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import importlib.util
 from numbers import Real
@@ -23,8 +24,18 @@ __all__ = [
     "check_settings",
 ]
 
-_POSITIVE = ("MAX_ATTEMPTS", "BATCH_SIZE", "MAX_PAYLOAD_BYTES")
-_POSITIVE_REAL = ("BACKOFF_BASE_SECONDS", "BACKOFF_MAX_SECONDS", "LEASE_SECONDS", "POLL_INTERVAL")
+_POSITIVE = ("MAX_ATTEMPTS", "BATCH_SIZE", "MAX_PAYLOAD_BYTES", "PRUNE_BATCH_SIZE")
+_POSITIVE_REAL = (
+    "BACKOFF_BASE_SECONDS",
+    "BACKOFF_MAX_SECONDS",
+    "LEASE_SECONDS",
+    "POLL_INTERVAL",
+    "PRUNE_INTERVAL",
+)
+
+
+def _positive_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and value > 0
 
 
 @register()
@@ -99,8 +110,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             problem = "is not a setting of django-signal-outbox"
         elif key in _POSITIVE and (type(value) is not int or value < 1):
             problem = "must be a positive integer"
-        elif key in _POSITIVE_REAL and (not isinstance(value, Real) or isinstance(value, bool) or value <= 0):
+        elif key in _POSITIVE_REAL and not _positive_real(value):
             problem = "must be a positive number"
+        elif key == "PRUNE_AFTER" and not (
+            value is None
+            or _positive_real(value)
+            or (isinstance(value, datetime.timedelta) and value > datetime.timedelta(0))
+        ):
+            problem = "must be None, a positive number of seconds or a positive timedelta"
         elif (
             key in ("DATABASE", "NOTIFY_CHANNEL", "DISPATCHER")
             and value is not None

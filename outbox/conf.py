@@ -6,6 +6,7 @@ read at call time, so ``override_settings(OUTBOX={...})`` works in tests.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -34,6 +35,14 @@ DEFAULTS: dict[str, Any] = {
     "DISPATCHER": None,
     # PostgreSQL channel the send path NOTIFYs and the worker LISTENs on.
     "NOTIFY_CHANNEL": "outbox",
+    # Automatic pruning by the worker: done events that finished longer ago than this
+    # (seconds, or a timedelta) are deleted. None (the default) keeps them until
+    # ``manage.py outbox_prune`` deletes them.
+    "PRUNE_AFTER": None,
+    # A worker prunes at most once per PRUNE_INTERVAL seconds, between batches.
+    "PRUNE_INTERVAL": 300.0,
+    # Rows deleted per statement (and so per transaction) when pruning.
+    "PRUNE_BATCH_SIZE": 1000,
 }
 
 
@@ -50,6 +59,14 @@ class Settings:
     def database(self) -> str:
         """The alias used when a signal names no database."""
         return self.DATABASE or "default"
+
+    @property
+    def prune_after(self) -> datetime.timedelta | None:
+        """``PRUNE_AFTER`` as a timedelta, or None when automatic pruning is off."""
+        value = self.PRUNE_AFTER
+        if value is None or isinstance(value, datetime.timedelta):
+            return value
+        return datetime.timedelta(seconds=value)
 
 
 settings = Settings()

@@ -7,14 +7,16 @@ or every event matching a filter) and never load the rows into Python.
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from .models import Event
 
-__all__ = ["ActionResult", "discard", "replay"]
+__all__ = ["ActionResult", "discard", "replay", "select_events"]
 
 S = Event.Status
 #: Events in these states may be replayed without confirmation.
@@ -29,25 +31,75 @@ class ActionResult:
 
     changed: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    #: The events the action applies to, by status, as counted just before it ran.
+    selected: dict[str, int] = field(default_factory=dict)
+    #: True when nothing was changed: ``changed`` is how many would have been.
+    dry_run: bool = False
 
     def __str__(self) -> str:
         refused = ", ".join(f"{n} {status}" for status, n in sorted(self.refused.items()))
-        return f"{self.changed} changed" + (f"; refused {refused}" if refused else "")
+        text = f"{self.changed} {'would change' if self.dry_run else 'changed'}"
+        if self.selected:
+            text += f" ({', '.join(f'{n} {status}' for status, n in sorted(self.selected.items()))})"
+        return text + (f"; refused {refused}" if refused else "")
 
 
-def _refused(queryset: QuerySet[Event], allowed: tuple[str, ...]) -> dict[str, int]:
-    rows = queryset.exclude(status__in=allowed).order_by().values("status").annotate(n=Count("pk"))
-    return {row["status"]: row["n"] for row in rows}
+def _by_status(queryset: QuerySet[Event], allowed: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """One GROUP BY: (allowed events by status, refused events by status)."""
+    rows = queryset.order_by().values("status").annotate(n=Count("pk"))
+    counts = {row["status"]: row["n"] for row in rows}
+    selected = {status: n for status, n in counts.items() if status in allowed}
+    return selected, {status: n for status, n in counts.items() if status not in allowed}
 
 
-def replay(queryset: QuerySet[Event], *, include_done: bool = False) -> ActionResult:
+def select_events(
+    queryset: QuerySet[Event] | None = None,
+    *,
+    receivers: Iterable[str] = (),
+    signals: Iterable[str] = (),
+    statuses: Iterable[str] = (),
+    ids: Iterable[tuple[int, int]] = (),
+    since: datetime.datetime | None = None,
+) -> QuerySet[Event]:
+    """Events matching every given filter; within one filter, any of its values.
+
+    ``receivers`` and ``signals`` are dotted paths, ``ids`` inclusive ``(first, last)``
+    ranges, ``since`` a lower bound on ``created_at``. Filtering on a status lets the
+    partial indexes serve the query (``failed``, ``done`` and ``discarded`` through
+    ``outbox_event_finished``, ``pending`` and ``running`` through ``outbox_event_due``).
+    """
+    queryset = Event.objects.all() if queryset is None else queryset
+    receivers, signals, statuses, ids = list(receivers), list(signals), list(statuses), list(ids)
+    if receivers:
+        queryset = queryset.filter(receiver__in=receivers)
+    if signals:
+        queryset = queryset.filter(signal__in=signals)
+    if len(statuses) == 1:
+        # ``=`` rather than a one-value IN: SQLite matches partial indexes term by term.
+        queryset = queryset.filter(status=statuses[0])
+    elif statuses:
+        queryset = queryset.filter(status__in=statuses)
+    if ids:
+        ranges = Q()
+        for first, last in ids:
+            ranges |= Q(pk__gte=first, pk__lte=last)
+        queryset = queryset.filter(ranges)
+    if since is not None:
+        queryset = queryset.filter(created_at__gte=since)
+    return queryset
+
+
+def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bool = False) -> ActionResult:
     """Make events due now, with their attempts reset; the last error is kept for reference.
 
     Events that are ``running`` are refused (their worker still holds them); ``done``
     events are refused unless ``include_done`` is true, since that runs their receiver again.
+    With ``dry_run``, only counts what would change.
     """
     allowed = (*REPLAYABLE, S.DONE) if include_done else REPLAYABLE
-    refused = _refused(queryset, allowed)
+    selected, refused = _by_status(queryset, allowed)
+    if dry_run:
+        return ActionResult(sum(selected.values()), refused, selected, dry_run=True)
     changed = (
         queryset.filter(status__in=allowed)
         .order_by()
@@ -59,15 +111,20 @@ def replay(queryset: QuerySet[Event], *, include_done: bool = False) -> ActionRe
             finished_at=None,
         )
     )
-    return ActionResult(changed, refused)
+    return ActionResult(changed, refused, selected)
 
 
-def discard(queryset: QuerySet[Event]) -> ActionResult:
-    """Mark pending or failed events ``discarded``: they will never run."""
-    refused = _refused(queryset, DISCARDABLE)
+def discard(queryset: QuerySet[Event], *, dry_run: bool = False) -> ActionResult:
+    """Mark pending or failed events ``discarded``: they will never run.
+
+    With ``dry_run``, only counts what would change.
+    """
+    selected, refused = _by_status(queryset, DISCARDABLE)
+    if dry_run:
+        return ActionResult(sum(selected.values()), refused, selected, dry_run=True)
     changed = (
         queryset.filter(status__in=DISCARDABLE)
         .order_by()
         .update(status=S.DISCARDED, lease_token=None, finished_at=timezone.now())
     )
-    return ActionResult(changed, refused)
+    return ActionResult(changed, refused, selected)

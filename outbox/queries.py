@@ -1,4 +1,4 @@
-"""Every SQL statement that writes, claims, completes or reschedules event rows.
+"""Every SQL statement that writes, claims, completes, reschedules or deletes event rows.
 
 Raw SQL, because these run once per send inside the user's transaction and once per
 batch in the worker's hot loop, where the ORM's per-object cost shows. Statements are
@@ -26,6 +26,7 @@ __all__ = [
     "Claimed",
     "claim",
     "complete",
+    "delete_finished",
     "extend_lease",
     "insert_event",
     "record_failure",
@@ -215,5 +216,30 @@ def extend_lease(alias: str, token: str, ids: Sequence[int], lease_seconds: floa
         cursor.execute(
             f"UPDATE {TABLE} SET available_at = %s WHERE {test} AND lease_token = %s AND status = 'running'",
             [_adapt(connection, until), *id_params, token],
+        )
+        return cursor.rowcount
+
+
+#: Statuses that pruning may delete: never pending or running, whose work is not done.
+PRUNABLE = ("done", "failed", "discarded")
+
+
+def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetime.datetime) -> int:
+    """Delete these events if they are still ``status`` and finished before ``before``.
+
+    Called by :mod:`outbox.pruning` with one page of ids at a time, so each DELETE is its
+    own short statement (in autocommit, its own transaction). The status and age are tested
+    again here, by the primary key, so a row replayed since the page was read is kept.
+    """
+    if status not in PRUNABLE:
+        raise ValueError(f"only {', '.join(PRUNABLE)} events may be deleted, not {status!r}")
+    if not ids:
+        return 0
+    connection = connections[alias]
+    test, id_params = _ids(connection, ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {TABLE} WHERE {test} AND status = %s AND finished_at < %s",
+            [*id_params, status, _adapt(connection, before)],
         )
         return cursor.rowcount

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections
 
-from . import queries
+from . import pruning, queries
 from .conf import settings
 from .dispatch import Dispatcher, get_dispatcher
 from .listener import Listener, can_listen
@@ -27,6 +27,9 @@ from .listener import Listener, can_listen
 __all__ = ["Worker"]
 
 logger = logging.getLogger("outbox")
+
+# Longest a worker spends pruning at one visit, so events wait at most this long for it.
+_PRUNE_BUDGET_SECONDS = 1.0
 
 # Errors that mean "the database went away", after which the worker reconnects.
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
@@ -64,6 +67,7 @@ class Worker:
         self._inflight: tuple[str, list[int]] = ("", [])
         self._heartbeat = threading.Event()
         self._signal_count = 0
+        self._next_prune = 0.0  # monotonic time of the next pruning visit; 0: at start
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class Worker:
                     self._listener = Listener(self.database, settings.NOTIFY_CHANNEL)
                 handled = self.run_batch()
                 failures = 0
+                self._maybe_prune()
             except _CONNECTION_ERRORS + (_listener_errors()) as exc:
                 failures += 1
                 pause = min(10.0, 0.5 * 2 ** min(failures, 5))
@@ -172,6 +177,28 @@ class Worker:
                     connections[self.database].close()
         finally:
             connections.close_all()
+
+    def _maybe_prune(self) -> None:
+        """Between batches, at most every PRUNE_INTERVAL: delete old done events.
+
+        A visit stops after _PRUNE_BUDGET_SECONDS. If old rows remain, the next visit
+        comes after nine times as long as this one took, so catching up on a large backlog
+        takes at most a tenth of the worker's time; then visits return to PRUNE_INTERVAL.
+        """
+        after = settings.prune_after
+        if after is None or time.monotonic() < self._next_prune:
+            return
+        started = time.monotonic()
+        result = pruning.prune(
+            self.database,
+            after,
+            deadline=started + _PRUNE_BUDGET_SECONDS,
+            should_stop=lambda: self.stopping,
+        )
+        elapsed = time.monotonic() - started
+        self._next_prune = time.monotonic() + (settings.PRUNE_INTERVAL if result.complete else 9 * elapsed)
+        if result.total:
+            logger.info("pruned %d done events finished over %s ago", result.total, after)
 
     # --- one batch -------------------------------------------------------------------
 

@@ -1,0 +1,152 @@
+"""argparse types and options shared by the outbox management commands.
+
+Each type raises :class:`argparse.ArgumentTypeError` with a message that says what is
+accepted, so a typo gets a usage error (exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+from typing import Any
+
+from django.core.management.base import CommandError
+from django.db import connections
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from outbox.conf import settings
+from outbox.models import Event
+
+__all__ = [
+    "add_filter_arguments",
+    "database",
+    "duration",
+    "format_duration",
+    "filters",
+    "id_range",
+    "non_negative",
+    "since",
+]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def duration(text: str) -> datetime.timedelta:
+    """``30s``, ``30m``, ``12h``, ``7d``, ``2w`` or a sum such as ``1h30m``."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _PART.findall(compact)
+    if not compact or "".join(n + unit for n, unit in parts) != compact:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use a number and a unit (s, m, h, d or w), e.g. 30m, 12h, 7d"
+        )
+    return datetime.timedelta(seconds=sum(float(n) * _UNITS[unit] for n, unit in parts))
+
+
+def format_duration(value: datetime.timedelta) -> str:
+    """An exact spelling that :func:`duration` reads back: ``7d``, ``90m``, ``45s``."""
+    seconds = value.total_seconds()
+    for unit in "dhm":
+        size = _UNITS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def id_range(text: str) -> tuple[int, int]:
+    """``15`` or an inclusive range ``10-20``."""
+    first, sep, last = text.strip().partition("-")
+    try:
+        low, high = int(first), int(last if sep else first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an id or an id range such as 10-20") from None
+    if low > high:
+        raise argparse.ArgumentTypeError(f"{text!r}: the range is empty (its first id is after its last)")
+    return low, high
+
+
+def since(text: str) -> datetime.datetime:
+    """A duration back from now (``2h``), or a date or datetime (``2026-11-23T08:00``)."""
+    try:
+        return timezone.now() - duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    value = parse_datetime(text)
+    if value is None and (day := parse_date(text)) is not None:
+        value = datetime.datetime.combine(day, datetime.time())
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (such as 2h or 7d) "
+            f"nor a date or datetime (such as 2026-11-23T08:00)"
+        )
+    return value if timezone.is_aware(value) else timezone.make_aware(value)
+
+
+def non_negative(kind: type) -> Any:
+    """A number of ``kind`` that is zero or more."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        return value
+
+    return parse
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser, default_status: str) -> None:
+    """The event filters of ``outbox_replay`` and ``outbox_discard``."""
+    parser.add_argument("--database", help="Database alias (default: OUTBOX['DATABASE']).")
+    parser.add_argument(
+        "--receiver", action="append", default=[], metavar="PATH", help="Receiver dotted path (repeatable)."
+    )
+    parser.add_argument(
+        "--signal", action="append", default=[], metavar="PATH", help="Signal dotted path (repeatable)."
+    )
+    parser.add_argument(
+        "--status",
+        action="append",
+        choices=Event.Status.values,
+        help=f"Event status (repeatable; default: {default_status}).",
+    )
+    parser.add_argument(
+        "--id",
+        action="append",
+        default=[],
+        type=id_range,
+        metavar="N|N-M",
+        help="Id or id range (repeatable).",
+    )
+    parser.add_argument(
+        "--since",
+        type=since,
+        metavar="WHEN",
+        help="Created since: a duration back from now (2h) or a datetime.",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="Count what would change; change nothing.")
+
+
+def filters(options: dict[str, Any], default_status: str) -> dict[str, Any]:
+    """The keyword arguments of :func:`outbox.operations.select_events` from parsed options."""
+    return {
+        "receivers": options["receiver"],
+        "signals": options["signal"],
+        "statuses": options["status"] or [default_status],
+        "ids": options["id"],
+        "since": options["since"],
+    }
+
+
+def database(options: dict[str, Any]) -> str:
+    """The ``--database`` alias, or ``OUTBOX["DATABASE"]``; a clear error if it is unknown."""
+    alias = options.get("database") or settings.database
+    if alias not in connections.settings:
+        raise CommandError(
+            f"unknown database alias {alias!r}; DATABASES has {', '.join(connections.settings)}"
+        )
+    return alias

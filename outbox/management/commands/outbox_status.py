@@ -1,0 +1,95 @@
+"""``manage.py outbox_status``: backlog, lag, failures and throughput, for people and monitors.
+
+Exit status: 0 healthy; 3 a threshold (``--max-lag``, ``--max-failed``, ``--max-due``)
+was passed; 1 the outbox could not be read (database down, unknown alias); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+
+from outbox.management import arguments
+from outbox.status import Report, Thresholds, collect
+
+#: Exit status when a threshold was passed (1 and 2 are taken by errors and usage).
+UNHEALTHY = 3
+
+
+class Command(BaseCommand):
+    help = "Report the outbox backlog, lag, failures and throughput; exit 3 when a threshold is passed."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--database", help="Database alias (default: OUTBOX['DATABASE']).")
+        parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+        parser.add_argument(
+            "--count-done",
+            action="store_true",
+            help="Also count done events: a scan of the whole table, slow on millions of rows.",
+        )
+        parser.add_argument(
+            "--max-lag",
+            type=arguments.non_negative(float),
+            metavar="SECONDS",
+            help="Unhealthy when lag exceeds this.",
+        )
+        parser.add_argument(
+            "--max-failed",
+            type=arguments.non_negative(int),
+            metavar="N",
+            help="Unhealthy when failed events exceed this.",
+        )
+        parser.add_argument(
+            "--max-due",
+            type=arguments.non_negative(int),
+            metavar="N",
+            help="Unhealthy when due events exceed this.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        database = arguments.database(options)
+        limits = Thresholds(options["max_lag"], options["max_failed"], options["max_due"])
+        try:
+            report = collect(database, thresholds=limits, count_done=options["count_done"])
+        except DatabaseError as exc:
+            raise CommandError(f"cannot read the outbox on database {database!r}: {exc}") from exc
+        if options["json"]:
+            self.stdout.write(json.dumps(report.as_json(), indent=2))
+        else:
+            self.stdout.write(_text(report))
+        if report.problems:
+            raise CommandError("unhealthy: " + "; ".join(report.problems), returncode=UNHEALTHY)
+
+
+def _text(report: Report) -> str:
+    by_status = report.by_status
+    counts = ", ".join(f"{status} {'-' if n is None else n}" for status, n in by_status.items())
+    windows = " / ".join(str(n) for n in report.done_in_last_minutes.values())
+    rates = " / ".join(f"{r:.2f}" for r in report.rates.values())
+    minutes = "/".join(str(m) for m in report.done_in_last_minutes)
+    oldest = f" (oldest due since {report.oldest_due_at:%Y-%m-%d %H:%M:%S})" if report.oldest_due_at else ""
+    lines = [
+        f"outbox on database {report.database!r} ({report.vendor}) at {report.now:%Y-%m-%d %H:%M:%S %Z}",
+        f"lag: {report.lag_seconds:.1f}s{oldest}; due now: {report.due}",
+        f"events: {counts}" + ("" if by_status["done"] is not None else " (done: pass --count-done)"),
+        f"done in the last {minutes} min: {windows} ({rates} per second)",
+    ]
+    if report.by_receiver:
+        statuses = [s for s, n in by_status.items() if n is not None]
+        width = max(len(r) for r in report.by_receiver)
+        lines.append(f"  {'receiver':<{width}}  " + "  ".join(f"{s:>9}" for s in statuses))
+        for receiver, row in report.by_receiver.items():
+            lines.append(f"  {receiver:<{width}}  " + "  ".join(f"{row.get(s, 0):>9}" for s in statuses))
+    if report.table:
+        t = report.table
+        lines.append(
+            f"table: ~{t['live_rows']:,} live rows, {t['dead_rows']:,} dead, "
+            f"{t['size_bytes'] / 2**20:.1f} MiB; last autovacuum {t['last_autovacuum'] or 'never'}"
+            + ("" if t["autovacuum_on"] else " (autovacuum is OFF on this server)")
+        )
+    lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
+    return "\n".join(lines)

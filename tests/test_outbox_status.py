@@ -1,0 +1,235 @@
+"""``manage.py outbox_status``: what an operator or a monitor learns, and its exit status."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from outbox.models import Event
+from outbox.operations import replay, select_events
+from outbox.pruning import prune
+from outbox.status import collect
+from tests.conftest import ROOT, postgres_only, worker_env
+from tests.operating import FLAKY, done, failed, finished_ago, ping, run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def status(*args: str) -> dict:
+    result = run("outbox_status", "--json", *args)
+    return json.loads(result.out)
+
+
+def test_counts_events_by_status_and_by_receiver():
+    failed(2)
+    done(3)
+    ping(4)
+    report = status()
+    assert report["by_status"] == {
+        "pending": 4,
+        "running": 0,
+        "done": None,  # not counted unless asked: the one count that grows with the table
+        "failed": 2,
+        "discarded": 0,
+    }
+    assert report["by_receiver"] == {FLAKY: {"pending": 4, "failed": 2}}
+    assert report["due"] == 4
+    assert report["healthy"] is True
+
+
+def test_count_done_counts_done_events_too():
+    done(3)
+    report = status("--count-done")
+    assert report["by_status"]["done"] == 3
+    assert report["by_receiver"] == {FLAKY: {"done": 3}}
+
+
+def test_lag_is_how_long_the_oldest_due_event_has_waited():
+    old, new = ping(2)
+    Event.objects.filter(pk=old).update(available_at=timezone.now() - datetime.timedelta(seconds=90))
+    report = status()
+    assert 89 < report["lag_seconds"] < 100
+    assert report["oldest_due_at"] is not None
+
+
+def test_events_scheduled_for_later_and_live_leases_are_not_lag():
+    retry_later, running = ping(2)
+    later = timezone.now() + datetime.timedelta(minutes=5)
+    Event.objects.filter(pk=retry_later).update(available_at=later)
+    Event.objects.filter(pk=running).update(status="running", available_at=later, lease_token="t")
+    report = status()
+    assert report["lag_seconds"] == 0
+    assert report["due"] == 0
+    assert report["by_status"]["pending"] == 1
+    assert report["by_status"]["running"] == 1
+
+
+def test_an_expired_lease_counts_as_lag_from_its_expiry():
+    [event] = ping(1)
+    expired = timezone.now() - datetime.timedelta(seconds=30)
+    Event.objects.filter(pk=event).update(status="running", available_at=expired, lease_token="t")
+    report = status()
+    assert report["due"] == 1
+    assert 29 < report["lag_seconds"] < 40
+
+
+def test_rate_counts_done_events_finished_in_the_last_1_5_and_15_minutes():
+    ids = done(5)
+    finished_ago(ids[0:1], seconds=20)
+    finished_ago(ids[1:2], minutes=3)
+    finished_ago(ids[2:3], minutes=10)
+    finished_ago(ids[3:5], minutes=20)
+    report = status()
+    assert report["done_in_last_minutes"] == {"1": 1, "5": 2, "15": 3}
+    assert report["rate_per_second"]["1"] == round(1 / 60, 3)
+
+
+def test_lag_over_max_lag_exits_3_and_says_why():
+    [event] = ping(1)
+    Event.objects.filter(pk=event).update(available_at=timezone.now() - datetime.timedelta(minutes=2))
+    assert run("outbox_status", "--max-lag", "300").code == 0
+    result = run("outbox_status", "--max-lag", "60")
+    assert result.code == 3
+    assert "--max-lag 60" in result.err
+    assert "PROBLEM: lag" in result.out
+
+
+def test_failures_over_max_failed_exit_3_with_the_report_still_printed():
+    assert run("outbox_status", "--max-failed", "0").code == 0
+    failed(1)
+    result = run("outbox_status", "--json", "--max-failed", "0")
+    assert result.code == 3
+    assert "1 failed events is over --max-failed 0" in result.err
+    report = json.loads(result.out)
+    assert report["healthy"] is False
+    assert report["problems"] == ["1 failed events is over --max-failed 0"]
+    assert run("outbox_status", "--max-failed", "1").code == 0
+
+
+def test_backlog_over_max_due_exits_3():
+    ping(3)
+    assert run("outbox_status", "--max-due", "3").code == 0
+    assert run("outbox_status", "--max-due", "2").code == 3
+
+
+def test_text_report_names_each_receiver_and_status():
+    failed(1)
+    ping(2)
+    out = run("outbox_status").out
+    assert "lag: " in out
+    assert "pending 2, running 0, done -, failed 1, discarded 0" in out
+    assert FLAKY in out
+
+
+def test_unknown_database_alias_is_a_clear_error():
+    result = run("outbox_status", "--database", "nope")
+    assert result.code == 1
+    assert "unknown database alias 'nope'" in result.err
+
+
+@postgres_only
+def test_reports_table_size_and_vacuum_state_on_postgresql():
+    done(1)
+    table = status()["table"]
+    assert set(table) == {
+        "live_rows",
+        "dead_rows",
+        "last_vacuum",
+        "last_autovacuum",
+        "last_autoanalyze",
+        "size_bytes",
+        "autovacuum_on",
+    }
+    assert table["size_bytes"] > 0
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        assert table["autovacuum_on"] is (cursor.fetchone()[0] == "on")
+
+
+def _status_process(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "django", "outbox_status", "--settings=tests.settings", *args],
+        cwd=ROOT,
+        env={**os.environ, **worker_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_exit_status_of_a_real_process_for_health_checks():
+    healthy = _status_process("--max-lag", "60", "--max-failed", "0")
+    assert healthy.returncode == 0, healthy.stderr
+    failed(1)
+    unhealthy = _status_process("--max-lag", "60", "--max-failed", "0")
+    assert unhealthy.returncode == 3
+    assert "1 failed events is over --max-failed 0" in unhealthy.stderr
+    usage = _status_process("--max-lag", "soon")
+    assert usage.returncode == 2
+    assert "'soon' is not a number" in usage.stderr
+    unknown = _status_process("--database", "nope")
+    assert unknown.returncode == 1
+
+
+def _bulk_done(n: int) -> None:
+    """n done events a day old, written in one statement, and fresh planner statistics."""
+    day_ago = connection.ops.adapt_datetimefield_value(timezone.now() - datetime.timedelta(days=1))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < %s) "
+            "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
+            "available_at, worker, created_at, finished_at, last_error, last_traceback) "
+            "SELECT 's', 'r', '{}', 'done', 1, 8, %s, '', %s, %s, '', '' FROM seq",
+            [n, day_ago, day_ago, day_ago],
+        )
+        cursor.execute("ANALYZE outbox_event" if connection.vendor == "postgresql" else "ANALYZE")
+
+
+def _plans(run_queries) -> dict[str, str]:
+    """The query plan of every SELECT on the event table that ``run_queries`` makes."""
+    with CaptureQueriesContext(connection) as captured:
+        run_queries()
+    explain = "EXPLAIN" if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN"
+    plans = {}
+    with connection.cursor() as cursor:
+        for query in captured.captured_queries:
+            sql = query["sql"]
+            if sql.startswith("SELECT") and "outbox_event" in sql and "pg_stat" not in sql:
+                cursor.execute(f"{explain} {sql}")
+                plans[sql] = "\n".join(str(row[-1]) for row in cursor.fetchall())
+    return plans
+
+
+def _reads_whole_table(plan: str) -> bool:
+    if connection.vendor == "postgresql":
+        return "Seq Scan" in plan
+    # SQLite: "SCAN outbox_event" without an index is a full table scan.
+    return any(line.startswith("SCAN") and "INDEX" not in line for line in plan.splitlines())
+
+
+def test_status_replay_and_prune_read_indexes_not_the_whole_table_of_done_events():
+    _bulk_done(50_000)
+    failed(1)
+    ping(2)
+    one_batch = iter([False])  # then True: stop after the first DELETE
+    plans = {
+        **_plans(lambda: collect("default")),
+        **_plans(lambda: replay(select_events(statuses=["failed"]), dry_run=True)),
+        **_plans(
+            lambda: prune("default", datetime.timedelta(hours=1), should_stop=lambda: next(one_batch, True))
+        ),
+    }
+    # Lag, due count, three counts (active, failed, discarded), rate; replay's selection;
+    # one prune page.
+    assert len(plans) == 8
+    for sql, plan in plans.items():
+        assert not _reads_whole_table(plan), f"{sql}\n{plan}"
+    assert Event.objects.filter(status="done").count() == 50_000 - 1000  # one batch pruned
