@@ -23,7 +23,7 @@ import pytest
 from django.db import connection, transaction
 from django.test import override_settings
 
-from outbox import checks, queries
+from outbox import checks
 from outbox.dispatch import django_q2
 from outbox.models import Event
 from outbox.operations import replay
@@ -63,7 +63,7 @@ class Cluster:
     it at once (sentinel, pusher, workers, monitor), as when its machine dies."""
 
     def __init__(self, env: dict[str, str]):
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the cluster
         self.process = subprocess.Popen(
             [sys.executable, "-m", "django", "qcluster", "--settings=tests.settings"],
             cwd=ROOT,
