@@ -80,7 +80,7 @@ Q_CLUSTER = {
     "poll": 0.05,
     # Few tasks held in the cluster's memory: the rest wait in the broker, where the
     # relay tests kill or flush them.
-    "queue_limit": 4,
+    "queue_limit": int(os.environ.get("OUTBOX_TEST_Q2_QUEUE_LIMIT", "4")),
     "save_limit": 0,
     "catch_up": False,
     "label": "Django Q2",

@@ -20,7 +20,8 @@ def listening() -> int:
     """Workers whose LISTEN connection is open on the test database."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
         )
         return cursor.fetchone()[0]
 

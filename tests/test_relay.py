@@ -301,3 +301,14 @@ def test_a_receiver_failing_in_the_cluster_ends_failed_with_its_traceback_and_re
     assert replay(Event.objects.all()).changed == 3
     wait_for(lambda: done() == 3, timeout=120, interval=0.2)
     assert keys_called("charge") == Counter(keys)
+
+
+def test_with_the_broker_down_the_relay_hands_the_batch_back_and_keeps_going(worker_process):
+    send(5)
+    env = relay_env("redis", DISPATCHER=RELAY)
+    env["OUTBOX_TEST_REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    relay = worker_process("--no-listen", "--poll-interval", "0.1", env=env)
+    wait_for(lambda: relay.output.count("could not hand 5 events to django-q2") >= 2, timeout=60)
+    assert relay.process.poll() is None
+    # Between tries the batch is back in the outbox, its attempt not counted.
+    wait_for(lambda: set(Event.objects.values_list("status", "attempts")) == {("pending", 0)}, timeout=10)
