@@ -312,3 +312,22 @@ def test_with_the_broker_down_the_relay_hands_the_batch_back_and_keeps_going(wor
     assert relay.process.poll() is None
     # Between tries the batch is back in the outbox, its attempt not counted.
     wait_for(lambda: set(Event.objects.values_list("status", "attempts")) == {("pending", 0)}, timeout=10)
+
+
+def test_a_receiver_timeout_puts_back_the_alarm_of_the_task_queue_running_it():
+    """django-q2 bounds each task with alarm(); a receiver's own timeout must not cancel it."""
+    from outbox.execution import _call
+
+    def task_timeout(signum, frame):
+        raise AssertionError("the task queue's alarm fired during the test")
+
+    previous = signal.signal(signal.SIGALRM, task_timeout)
+    signal.setitimer(signal.ITIMER_REAL, 30)
+    try:
+        _call(lambda **kwargs: None, 1.0, key="k")
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 20 < remaining <= 30
+        assert signal.getsignal(signal.SIGALRM) is task_timeout
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
