@@ -12,6 +12,8 @@ SQLITE_TEST_FILE = HERE / ".sqlite-test.db"
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{HERE / '.sqlite.db'}"
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+# bench/relay.py keeps connections open, as production settings do.
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("OUTBOX_TEST_CONN_MAX_AGE", "0"))
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that worker processes started by the tests share it.
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("OUTBOX_SQLITE_TEST_NAME", str(SQLITE_TEST_FILE))}

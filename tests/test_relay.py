@@ -53,7 +53,12 @@ def send(n: int, prefix: str = "k", signal=work, **kwargs) -> list[str]:
 
 
 def relay_env(broker: str, **outbox: object) -> dict[str, str]:
-    env = {"OUTBOX_TEST_Q2_BROKER": broker, "OUTBOX_TEST_REDIS_URL": REDIS_URL}
+    # Persistent connections: django-q2 closes obsolete ones before every task.
+    env = {
+        "OUTBOX_TEST_Q2_BROKER": broker,
+        "OUTBOX_TEST_REDIS_URL": REDIS_URL,
+        "OUTBOX_TEST_CONN_MAX_AGE": "60",
+    }
     env.update({f"OUTBOX_TEST_{name}": str(value) for name, value in outbox.items()})
     return env
 
