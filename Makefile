@@ -54,6 +54,11 @@ test-sqlite: venv
 test-postgres: venv postgres-up
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
+# Relay throughput (django-q2) beside in-process dispatch; see bench/relay.py for options.
+.PHONY: bench-relay
+bench-relay: venv postgres-up
+	$(PY) bench/relay.py $(BENCH_RELAY_ARGS)
+
 # Start the machine's PostgreSQL if it is down (these machines have pg_ctlcluster).
 postgres-up:
 	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { \

@@ -11,12 +11,14 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
 from .conf import DEFAULTS
 from .registry import registry
 
 __all__ = [
+    "check_dispatcher",
     "check_installed",
     "check_migrations",
     "check_psycopg",
@@ -24,13 +26,21 @@ __all__ = [
     "check_settings",
 ]
 
-_POSITIVE = ("MAX_ATTEMPTS", "BATCH_SIZE", "MAX_PAYLOAD_BYTES", "PRUNE_BATCH_SIZE")
+_POSITIVE = (
+    "MAX_ATTEMPTS",
+    "BATCH_SIZE",
+    "MAX_PAYLOAD_BYTES",
+    "PRUNE_BATCH_SIZE",
+    "RELAY_TASK_SIZE",
+    "RELAY_QUEUE_LIMIT",
+)
 _POSITIVE_REAL = (
     "BACKOFF_BASE_SECONDS",
     "BACKOFF_MAX_SECONDS",
     "LEASE_SECONDS",
     "POLL_INTERVAL",
     "PRUNE_INTERVAL",
+    "RELAY_LEASE_SECONDS",
 )
 
 
@@ -142,6 +152,34 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     return errors
+
+
+@register()
+def check_dispatcher(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """outbox.E006: OUTBOX["DISPATCHER"] cannot be loaded, or what it relies on is missing.
+
+    A dispatcher may have a ``check()`` method returning its own errors (the django-q2
+    relay reports a missing or uninstalled ``django_q`` there).
+    """
+    from .dispatch import get_dispatcher
+
+    user = getattr(django_settings, "OUTBOX", None) or {}
+    path = user.get("DISPATCHER") if isinstance(user, dict) else None
+    if not path or not isinstance(path, str):
+        return []
+    try:
+        dispatcher = get_dispatcher(path)
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Name a dispatcher class or a module with a Dispatcher class, such as "
+                "'outbox.dispatch.django_q2'; or remove the setting to run receivers in the worker.",
+                id="outbox.E006",
+            )
+        ]
+    check = getattr(dispatcher, "check", None)
+    return list(check()) if check is not None else []
 
 
 @register(Tags.database, deploy=True)

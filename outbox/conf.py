@@ -33,6 +33,17 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PAYLOAD_BYTES": 1024 * 1024,
     # Dotted path of the dispatcher class; None runs receivers in the worker process.
     "DISPATCHER": None,
+    # Relay dispatchers (OUTBOX["DISPATCHER"] = "outbox.dispatch.django_q2"): the lease of
+    # an event handed to the task queue. It must cover the wait in the queue: a relayed
+    # event nobody has taken when it expires is relayed again (the first copy then finds
+    # it gone and skips it), and that counts as an attempt.
+    "RELAY_LEASE_SECONDS": 600.0,
+    # Events per relayed task: each task takes its events over in one statement and
+    # marks them done in one. 1 gives the finest spread over the cluster's workers.
+    "RELAY_TASK_SIZE": 10,
+    # The relay stops handing over while the broker queue holds this many tasks, so the
+    # queue never holds more than RELAY_LEASE_SECONDS can cover.
+    "RELAY_QUEUE_LIMIT": 200,
     # PostgreSQL channel the send path NOTIFYs and the worker LISTENs on.
     "NOTIFY_CHANNEL": "outbox",
     # Automatic pruning by the worker: done events that finished longer ago than this

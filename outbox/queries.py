@@ -31,6 +31,7 @@ __all__ = [
     "insert_event",
     "record_failure",
     "release",
+    "take",
 ]
 
 TABLE = "outbox_event"
@@ -132,6 +133,35 @@ def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> tup
         sql = f"UPDATE {TABLE} {set_running} WHERE id IN (SELECT id FROM {TABLE} WHERE {due}) {returning}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        rows = [Claimed(*row) for row in cursor.fetchall()]
+    rows.sort(key=lambda row: row.id)
+    return token, rows
+
+
+def take(
+    alias: str, ticket: str, ids: Sequence[int], lease_seconds: float, worker: str
+) -> tuple[str, list[Claimed]]:
+    """Take over rows a relay claimed under ``ticket``: swap in a fresh token, renew the
+    lease, and return (token, rows) for the rows still held by ``ticket``.
+
+    A compare-and-set on the token, so one relayed task runs each row at most once: a
+    duplicate delivery of the same task, or one that arrives after the relay reclaimed the
+    row (new token) or after it finished (token cleared), gets no rows. The attempt was
+    counted by the relay's claim and is not counted again. Served by the primary key.
+    """
+    if not ids:
+        return ticket, []
+    connection = connections[alias]
+    token = uuid.uuid4().hex
+    until = timezone.now() + datetime.timedelta(seconds=lease_seconds)
+    test, id_params = _ids(connection, ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET lease_token = %s, available_at = %s, worker = %s "
+            f"WHERE {test} AND lease_token = %s AND status = 'running' "
+            f"RETURNING id, signal, receiver, payload, attempts, max_attempts",
+            [token, _adapt(connection, until), worker, *id_params, ticket],
+        )
         rows = [Claimed(*row) for row in cursor.fetchall()]
     rows.sort(key=lambda row: row.id)
     return token, rows

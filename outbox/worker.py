@@ -56,10 +56,13 @@ class Worker:
         self.database = database or settings.database
         self.batch_size = batch_size or settings.BATCH_SIZE
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
-        self.lease_seconds = lease_seconds or settings.LEASE_SECONDS
+        self.dispatcher = dispatcher or get_dispatcher()
+        # A relay hands rows to a queue and needs a lease that covers the wait there.
+        self.lease_seconds = (
+            lease_seconds or getattr(self.dispatcher, "lease_seconds", None) or settings.LEASE_SECONDS
+        )
         self.listen = listen and not once and can_listen(self.database)
         self.once = once
-        self.dispatcher = dispatcher or get_dispatcher()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = False
         self.processed = 0

@@ -12,6 +12,8 @@ SQLITE_TEST_FILE = HERE / ".sqlite-test.db"
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{HERE / '.sqlite.db'}"
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+# bench/relay.py keeps connections open, as production settings do.
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("OUTBOX_TEST_CONN_MAX_AGE", "0"))
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that worker processes started by the tests share it.
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("OUTBOX_SQLITE_TEST_NAME", str(SQLITE_TEST_FILE))}
@@ -30,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_q",
     "outbox",
     "tests.testapp",
 ]
@@ -56,6 +59,39 @@ TEMPLATES = [
 STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 OUTBOX = {"BACKOFF_BASE_SECONDS": 0.01, "BACKOFF_MAX_SECONDS": 0.05, "POLL_INTERVAL": 0.1}
+# Processes the relay tests start read these: the dispatcher and leases of the run.
+_FROM_ENV = {
+    "DISPATCHER": str,
+    "LEASE_SECONDS": float,
+    "RELAY_LEASE_SECONDS": float,
+    "RELAY_TASK_SIZE": int,
+    "RELAY_QUEUE_LIMIT": int,
+}
+for _name, _kind in _FROM_ENV.items():
+    if os.environ.get(f"OUTBOX_TEST_{_name}"):
+        OUTBOX[_name] = _kind(os.environ[f"OUTBOX_TEST_{_name}"])
+
+# django-q2, for the relay tests. OUTBOX_TEST_Q2_BROKER picks the broker ("orm" or
+# "redis"); Redis uses a database number of its own (OUTBOX_TEST_REDIS_URL), never db 0.
+Q_CLUSTER = {
+    "name": "outbox-tests",
+    "workers": int(os.environ.get("OUTBOX_TEST_Q2_WORKERS", "4")),
+    "timeout": 60,
+    "retry": 90,
+    "max_attempts": 0,
+    "poll": 0.05,
+    # Few tasks held in the cluster's memory: the rest wait in the broker, where the
+    # relay tests kill or flush them.
+    "queue_limit": int(os.environ.get("OUTBOX_TEST_Q2_QUEUE_LIMIT", "4")),
+    "save_limit": 0,
+    "catch_up": False,
+    "label": "Django Q2",
+    "log_level": os.environ.get("OUTBOX_TEST_Q2_LOG_LEVEL", "WARNING"),
+}
+if os.environ.get("OUTBOX_TEST_Q2_BROKER", "orm") == "redis":
+    Q_CLUSTER["redis"] = os.environ.get("OUTBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+else:
+    Q_CLUSTER["orm"] = "default"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

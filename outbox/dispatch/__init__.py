@@ -7,6 +7,7 @@ The default, :class:`InProcessDispatcher`, calls the receivers in the worker pro
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -55,6 +56,10 @@ def get_dispatcher(path: str | None = None) -> Dispatcher:
     try:
         target = import_string(path)
     except ImportError:
+        target = None
+    # A module path names its Dispatcher class. import_string() finds a submodule as an
+    # attribute of its package once something imported it, so test for a module too.
+    if target is None or inspect.ismodule(target):
         try:
             target = import_string(f"{path}.Dispatcher")
         except ImportError as exc:

@@ -8,7 +8,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 import outbox
 
 from .models import Call, Person, Sample
-from .signals import followed, pinged, work
+from .signals import charged, followed, pinged, work
 
 CALLS = []
 FAILURES = {"remaining": 0}
@@ -51,3 +51,14 @@ def record(sender, key, sleep=0.0, **kwargs):
 
 
 outbox.connect(work, record)
+
+
+def charge(sender, key, **kwargs):
+    """Fails until the test marks ``key`` fixed with a ``Call(receiver="fixed")`` row:
+    durable across processes, like a remote service that comes back."""
+    if not Call.objects.filter(receiver="fixed", key=key).exists():
+        raise RuntimeError(f"the payment gateway rejected {key}")
+    Call.objects.create(receiver="charge", key=key, worker_pid=os.getpid())
+
+
+outbox.connect(charged, charge, max_attempts=2)

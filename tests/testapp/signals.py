@@ -3,3 +3,4 @@ import django.dispatch
 followed = django.dispatch.Signal()
 pinged = django.dispatch.Signal()
 work = django.dispatch.Signal()
+charged = django.dispatch.Signal()
