@@ -149,7 +149,9 @@ def _parse(raw: Any) -> Any:
     if isinstance(raw, (str, bytes, bytearray)):
         try:
             return json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than Python's parser goes, which both
+            # databases accept. It must fail this event alone, not the whole batch.
             return _Corrupt(exc)
     return raw
 
