@@ -41,6 +41,7 @@ class Report:
     kills: int = 0
     restarts: int = 0
     crashes: int = 0
+    startup_failures: int = 0
     in_flight_at_kills: int = 0
     in_flight_at_restarts: int = 0
     calls: int = 0
@@ -65,6 +66,8 @@ class Report:
             found.append(f"events not done: {self.not_done}")
         if self.duplicates > self.duplicate_bound:
             found.append(f"{self.duplicates} duplicate calls, more than the {self.duplicate_bound} in flight")
+        if self.crashes:
+            found.append(f"{self.crashes} running workers died (see their logs above)")
         if not self.kills and not self.restarts and not self.crashes and self.duplicates:
             found.append(f"{self.duplicates} duplicate calls in a run where nothing died")
         return found
@@ -76,7 +79,7 @@ class Report:
             f"workers             {self.workers}",
             f"kills (SIGKILL)     {self.kills}  ({self.in_flight_at_kills} rows in flight at those kills)",
             f"postgres restarts   {self.restarts}  (allowance {self.in_flight_at_restarts} rows in flight)",
-            f"worker crashes      {self.crashes}",
+            f"worker crashes      {self.crashes}  (and {self.startup_failures} failed to start: server down)",
             f"receiver calls      {self.calls}",
             f"duplicates          {self.duplicates}  (bound {self.duplicate_bound})",
             f"lost                {self.lost}",
@@ -107,12 +110,20 @@ class _Workers:
     def __init__(self, count: int, args: list[str], logs: Path) -> None:
         self.args, self.logs = args, logs
         self.env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT)}
+        self.log_of: dict[int, Path] = {}
         self.procs: list[subprocess.Popen] = [self.start() for _ in range(count)]
 
     def start(self) -> subprocess.Popen:
-        log = open(self.logs / f"worker-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - lives with the process
+        path = self.logs / f"worker-{time.monotonic_ns()}.log"
         command = [sys.executable, "-m", "django", "run_outbox", "--settings=tests.settings", *self.args]
-        return subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(path, "w") as log:
+            proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.log_of[proc.pid] = path
+        return proc
+
+    def started(self, proc: subprocess.Popen) -> bool:
+        """Whether the worker got as far as its loop (it logs its settings there)."""
+        return " on database " in self.log_of[proc.pid].read_text()
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -199,8 +210,13 @@ def run(
                 break
             for i, proc in enumerate(pool.procs):
                 if proc.poll() is not None:
-                    report.crashes += 1
-                    echo(f"worker {proc.pid} exited by itself with {proc.returncode}; restarting it")
+                    if pool.started(proc):
+                        report.crashes += 1
+                        echo(f"worker {proc.pid} died with exit status {proc.returncode}; restarting it")
+                    else:
+                        # Django's start-up checks need the database: a worker started
+                        # while the server is down exits at once, for its supervisor to retry.
+                        report.startup_failures += 1
                     pool.procs[i] = pool.start()
             if kills and time.monotonic() >= next_kill:
                 i = rng.randrange(len(pool.procs))

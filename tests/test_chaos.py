@@ -58,14 +58,14 @@ def test_a_busy_worker_survives_losing_its_connections(worker_process):
 
 
 def test_four_workers_racing_without_faults_run_nothing_twice():
-    report = chaos.run(1500, 4, kills=False, seed=1)
+    report = chaos.run(800, 4, kills=False, batch_size=20, seed=1)
     print(f"\n{report}")
     assert report.problems() == []
     assert (report.duplicates, report.lost, report.crashes) == (0, 0, 0)
 
 
 def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_flight():
-    report = chaos.run(2500, 4, kill_interval=(1.0, 3.0), seed=2)
+    report = chaos.run(1000, 4, kill_interval=(1.0, 2.5), batch_size=20, seed=2)
     print(f"\n{report}")
     assert report.kills >= 2
     assert report.problems() == []
@@ -74,7 +74,7 @@ def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_fligh
 @pytest.mark.skipif(chaos.restart_command() is None, reason="no pg_ctlcluster to restart PostgreSQL")
 @pytest.mark.skipif(bool(os.environ.get("OUTBOX_CHAOS_NO_RESTART")), reason="OUTBOX_CHAOS_NO_RESTART is set")
 def test_a_postgresql_restart_amid_kills_loses_nothing():
-    report = chaos.run(2500, 4, restart=True, kill_interval=(2.0, 4.0), seed=3)
+    report = chaos.run(1000, 4, restart=True, kill_interval=(1.5, 3.0), batch_size=20, seed=3)
     print(f"\n{report}")
     assert report.restarts == 1
     assert report.problems() == []
