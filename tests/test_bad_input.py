@@ -13,8 +13,8 @@ from django.utils import timezone
 from outbox import PayloadTooLarge, SerializationError
 from outbox.conf import settings
 from outbox.models import Event
-from tests.conftest import wait_for
-from tests.testapp.faults import PROBES, hang, misbehave, spin
+from tests.conftest import postgres_only, wait_for
+from tests.testapp.faults import PROBES, hang, hang_in_database, misbehave, spin
 from tests.testapp.models import Call, Person
 from tests.testapp.signals import work
 
@@ -248,3 +248,21 @@ def test_a_hanging_receiver_is_stopped_by_its_timeout(sig, worker_process):
     # The timeout is 0.5 s; the rest is process start-up on a busy machine.
     assert elapsed < 20
     assert worker.process.poll() is None
+
+
+@postgres_only
+def test_a_receiver_hanging_in_a_query_is_stopped_and_the_worker_goes_on(worker_process):
+    with transaction.atomic():
+        hang_in_database.send(sender=None)
+        work.send(sender=None, key="next")
+    worker = worker_process("--poll-interval", "0.1")
+    wait_for(lambda: Call.objects.filter(key="next").exists(), timeout=30)
+    hung = Event.objects.get(signal="tests.testapp.faults.hang_in_database")
+    assert hung.status == "failed"
+    assert hung.last_error.startswith("ReceiverTimeout")
+    assert Event.objects.get(signal="tests.testapp.signals.work").status == "done"
+    assert worker.process.poll() is None
+    # The query was cancelled on the server, not left running behind a closed connection.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3600)%%'")
+        assert cursor.fetchone()[0] == 0

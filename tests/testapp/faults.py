@@ -22,6 +22,7 @@ probe_other = django.dispatch.Signal()
 misbehave = django.dispatch.Signal()
 hang = django.dispatch.Signal()
 spin = django.dispatch.Signal()
+hang_in_database = django.dispatch.Signal()
 #: The chaos and memory runs.
 chaos = django.dispatch.Signal()
 nothing = django.dispatch.Signal()
@@ -68,6 +69,15 @@ def spins(sender, **kwargs):
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
         pass
+
+
+@outbox.receiver(hang_in_database, timeout=0.5, max_attempts=1)
+def hangs_in_database(sender, **kwargs):
+    """Waits on the database (a lock, a slow query) far longer than its timeout."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(3600)" if connection.vendor == "postgresql" else "SELECT 1")
 
 
 @outbox.receiver(chaos)
