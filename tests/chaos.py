@@ -219,7 +219,15 @@ def run(
                         report.startup_failures += 1
                     pool.procs[i] = pool.start()
             if kills and time.monotonic() >= next_kill:
-                i = rng.randrange(len(pool.procs))
+                # A worker holding rows, when one is: killing one that is still
+                # starting up tests nothing.
+                holders = set(
+                    _retrying(
+                        lambda: list(Event.objects.filter(status="running").values_list("worker", flat=True))
+                    )
+                )
+                busy = [i for i, p in enumerate(pool.procs) if any(h.endswith(f":{p.pid}") for h in holders)]
+                i = rng.choice(busy) if busy else rng.randrange(len(pool.procs))
                 victim = pool.procs[i]
                 victim.kill()
                 victim.wait()
