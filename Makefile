@@ -8,6 +8,7 @@ SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
 PYTEST_ARGS ?=
 
 .PHONY: venv demo demo-server test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
+.PHONY: chaos
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,3 +84,12 @@ matrix-one:
 	.venv-$(MATRIX_NAME)/bin/python -m django --version
 	DATABASE_URL=$(SQLITE_URL) .venv-$(MATRIX_NAME)/bin/python -m pytest -q $(PYTEST_ARGS)
 	DATABASE_URL=$(PG_URL) .venv-$(MATRIX_NAME)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The long fault runs (tests/chaos.py, tests/scale.py) on their own PostgreSQL database.
+# Restarts the local PostgreSQL once: do not run it while others use the server.
+CHAOS_URL ?= postgres://postgres@127.0.0.1:5432/outbox_chaos
+CHAOS_EVENTS ?= 20000
+chaos: venv postgres-up
+	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4 --calm
+	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4
+	$(PY) -m tests.scale --database-url $(CHAOS_URL) --events 200000

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from django.db import connections
 from django.utils import timezone
 
 from . import queries
@@ -107,6 +108,10 @@ def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, deco
         return False
     try:
         _call(spec.func, spec.timeout, signal=signal, sender=sender, **kwargs)
+    except ReceiverTimeout as exc:
+        _abandon_queries()
+        _record_failure(database, token, row, exc, started, permanent=False)
+        return False
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         # SystemExit and KeyboardInterrupt raised by a receiver are its failure, not the
         # worker's: recorded and retried like any other, and the batch goes on.
@@ -140,6 +145,26 @@ def _record_failure(
     )
 
 
+def _abandon_queries() -> None:
+    """After a timeout: cancel any query the receiver left running, and drop its connections.
+
+    The timeout can interrupt a receiver while it waits on the database; its connection is
+    then still busy with that query ("another command is already in progress") and the
+    failure could not be recorded on it. Cancelling stops the query on the server too.
+    """
+    for connection in connections.all(initialized_only=True):
+        raw = connection.connection
+        if raw is None:
+            continue
+        cancel = getattr(raw, "cancel", None)  # psycopg 2 and 3
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception:  # noqa: BLE001 - the connection is dropped next either way
+                logger.debug("cancelling the timed-out query failed", exc_info=True)
+        connection.close()
+
+
 class _Corrupt:
     def __init__(self, error: Exception) -> None:
         self.error = error
@@ -149,7 +174,9 @@ def _parse(raw: Any) -> Any:
     if isinstance(raw, (str, bytes, bytearray)):
         try:
             return json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than Python's parser goes, which both
+            # databases accept. It must fail this event alone, not the whole batch.
             return _Corrupt(exc)
     return raw
 

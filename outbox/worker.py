@@ -124,22 +124,23 @@ class Worker:
                 handled = self.run_batch()
                 failures = 0
                 self._maybe_prune()
+                if handled:
+                    continue
+                if self.once:
+                    return
+                # As Django does between requests: honour CONN_MAX_AGE and drop broken
+                # connections. Only when idle: with the default CONN_MAX_AGE of 0 this
+                # reconnects, which must not happen between every batch of a backlog.
+                close_old_connections()
+                # Inside the try: the LISTEN connection breaks here when the server
+                # restarts while the worker is idle.
+                self._idle()
             except _CONNECTION_ERRORS + (_listener_errors()) as exc:
                 failures += 1
                 pause = min(10.0, 0.5 * 2 ** min(failures, 5))
                 logger.warning("database unavailable (%s); reconnecting in %.1fs", exc, pause)
                 self._reset_connections()
                 self._sleep(pause)
-                continue
-            if handled:
-                continue
-            if self.once:
-                return
-            # As Django does between requests: honour CONN_MAX_AGE and drop broken
-            # connections. Only when idle: with the default CONN_MAX_AGE of 0 this
-            # reconnects, which must not happen between every batch of a backlog.
-            close_old_connections()
-            self._idle()
 
     def _reset_connections(self) -> None:
         if self._listener:
