@@ -54,7 +54,7 @@ def login(browser, live_server):
     contexts = []
 
     def open_as(user):
-        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        context = browser.new_context(viewport={"width": 1600, "height": 900})
         # The app list sidebar folded away: the screenshots show the events, not the menu.
         context.add_init_script("localStorage.setItem('django.admin.navSidebarIsOpen', 'false')")
         contexts.append(context)
