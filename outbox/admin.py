@@ -20,8 +20,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.dateformat import format as date_format
@@ -43,9 +42,9 @@ __all__ = ["EventAdmin", "EstimatedCountPaginator"]
 
 S = Event.Status
 _REFUSALS = {
-    S.RUNNING: _("a worker is running it now; replay it once it finishes or its lease expires"),
-    S.DONE: _("it has already run"),
-    S.DISCARDED: _("it is already discarded"),
+    S.RUNNING: _("a worker holds it; try again once it finishes or its lease expires"),
+    S.DONE: _("already run"),
+    S.DISCARDED: _("already discarded"),
 }
 #: References listed on the detail page; a payload naming more shows only the first.
 _MAX_REFS = 50
@@ -66,6 +65,12 @@ def _model_refs(value: Any, where: str, depth: int = 0) -> list[tuple[str, dict[
         for i, item in enumerate(value):
             found += _model_refs(item, f"{where}[{i}]", depth + 1)
     return found[:_MAX_REFS]
+
+
+def _pk(ref: dict[str, Any]) -> str:
+    """A reference's primary key as text; tagged keys (uuid, ...) hold it in ``v``."""
+    pk = ref.get("pk")
+    return str(pk.get("v") if isinstance(pk, dict) else pk)
 
 
 def _short(path: str) -> str:
@@ -136,7 +141,7 @@ class EventAdmin(admin.ModelAdmin):
         "error_line",
     )
     list_filter = ("status", SignalFilter, ReceiverFilter, "created_at")
-    search_fields = ("id", "receiver", "signal", "last_error")
+    search_fields = ("id",)  # shows the search box; get_search_results() does the searching
     search_help_text = _("#id for one event; or words in its id, receiver, signal, error or payload.")
     # Newest first on the primary key: an index scan with LIMIT, whatever the table's size.
     ordering = ("-id",)
@@ -157,21 +162,7 @@ class EventAdmin(admin.ModelAdmin):
         (_("Last error"), {"fields": ("last_error", "traceback")}),
         (_("Payload"), {"fields": ("payload_json",)}),
     )
-    readonly_fields = (
-        "id",
-        "status_badge",
-        "signal",
-        "receiver",
-        "references",
-        "attempts_display",
-        "available_at",
-        "worker",
-        "created_at",
-        "finished_at",
-        "last_error",
-        "traceback",
-        "payload_json",
-    )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 
     class Media:
         css = {"all": ("outbox/admin.css",)}
@@ -250,7 +241,7 @@ class EventAdmin(admin.ModelAdmin):
         Built from the payload alone (label and primary key): no query, no import."""
         items = []
         for where, ref in _model_refs(obj.payload, "payload"):
-            text = f"{ref['label']} #{ref['pk']}" if ref[TAG] == "model" else ref["label"]
+            text = f"{ref['label']} #{_pk(ref)}" if ref[TAG] == "model" else ref["label"]
             url = self._admin_url(ref)
             items.append((where, format_html('<a href="{}">{}</a>', url, text) if url else text))
         return format_html_join("", "<div><code>{}</code>: {}</div>", items) if items else "-"
@@ -260,7 +251,7 @@ class EventAdmin(admin.ModelAdmin):
             app_label, model_name = ref["label"].lower().split(".")
             if ref[TAG] == "modelclass":
                 return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_changelist")
-            return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_change", args=[ref["pk"]])
+            return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_change", args=[_pk(ref)])
         except (NoReverseMatch, ValueError, AttributeError):
             return None
 
@@ -367,16 +358,13 @@ class EventAdmin(admin.ModelAdmin):
     # --- the detail page's buttons ------------------------------------------------------
 
     def get_urls(self) -> list[Any]:
+        views = {"replay": self.replay_view, "discard": self.discard_view}
         return [
-            path(
-                "<path:object_id>/replay/",
-                self.admin_site.admin_view(self.replay_view),
-                name="outbox_event_replay",
-            ),
-            path(
-                "<path:object_id>/discard/",
-                self.admin_site.admin_view(self.discard_view),
-                name="outbox_event_discard",
+            *(
+                path(
+                    f"<path:object_id>/{name}/", self.admin_site.admin_view(view), name=f"outbox_event_{name}"
+                )
+                for name, view in views.items()
             ),
             *super().get_urls(),
         ]
@@ -396,9 +384,10 @@ class EventAdmin(admin.ModelAdmin):
             )
         return super().render_change_form(request, context, *args, obj=obj, **kwargs)
 
-    @staticmethod
-    def _one(object_id: str) -> QuerySet[Event]:
-        event = get_object_or_404(Event.objects.only("pk"), pk=object_id)
+    def _one(self, request: HttpRequest, object_id: str) -> QuerySet[Event]:
+        event = self.get_object(request, object_id)  # None for a malformed or unknown id
+        if event is None:
+            raise Http404
         return Event.objects.filter(pk=event.pk)
 
     def _change_url(self, object_id: str) -> str:
@@ -408,12 +397,14 @@ class EventAdmin(admin.ModelAdmin):
     def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if not self.has_replay_permission(request):
             raise PermissionDenied
-        response = self._replay(request, self._one(object_id), [], cancel_url=self._change_url(object_id))
+        response = self._replay(
+            request, self._one(request, object_id), [], cancel_url=self._change_url(object_id)
+        )
         return response or HttpResponseRedirect(self._change_url(object_id))
 
     @method_decorator(require_POST)
     def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if not self.has_discard_permission(request):
             raise PermissionDenied
-        self._report(request, operations.discard(self._one(object_id)), _("discarded"))
+        self._report(request, operations.discard(self._one(request, object_id)), _("discarded"))
         return HttpResponseRedirect(self._change_url(object_id))

@@ -19,7 +19,7 @@ from outbox import stats
 from outbox.models import Event
 from outbox.serialization import encode_payload
 from tests.conftest import postgres_only
-from tests.testapp.models import Person
+from tests.testapp.models import Person, Sample
 
 pytestmark = pytest.mark.django_db
 
@@ -210,7 +210,7 @@ def test_replaying_running_events_is_refused_with_a_message(operator):
     response = action(operator, "replay", [*running, *failed])
     msgs = messages_of(response)
     assert "1 event replayed: due now." in msgs
-    assert any(m.startswith("2 running events left as they were: a worker is running it now") for m in msgs)
+    assert any(m.startswith("2 running events left as they were: a worker holds it") for m in msgs)
     assert {statuses()[e.pk] for e in running} == {S.RUNNING}
     assert Event.objects.get(pk=running[0].pk).lease_token == "t" * 32
 
@@ -294,6 +294,18 @@ def test_the_detail_page_shows_traceback_payload_and_linked_references(operator)
     assert f'<a href="{person_url}">testapp.Person #{ada.pk}</a>' in page
     assert f'<a href="{reverse("admin:testapp_person_changelist")}">testapp.Person</a>' in page
     assert 'id="outbox-replay"' in page and 'id="outbox-discard"' in page
+
+
+def test_a_reference_to_a_model_without_an_admin_is_named_but_not_linked(operator):
+    sample = Sample.objects.create(title="s")
+    [event] = make_events(1, payload=encode_payload(sample, {}))
+    page = operator.get(change_url(event)).content.decode()
+    assert f"<code>payload.sender</code>: testapp.Sample #{sample.pk}</div>" in page
+
+
+def test_buttons_for_a_malformed_or_unknown_id_find_nothing(operator):
+    for bad in ("abc", "999999"):
+        assert operator.post(reverse("admin:outbox_event_replay", args=[bad])).status_code == 404
 
 
 def test_the_changelist_shows_the_columns_newest_first(operator):
