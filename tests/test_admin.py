@@ -394,3 +394,19 @@ def test_large_counts_are_estimated_on_postgresql_and_small_ones_exact(monkeypat
     n, estimated = stats.count(Event.objects.all())
     assert estimated and 200 <= n <= 400
     assert stats.count(Event.objects.filter(status=S.DONE)) == (0, False)
+
+
+@postgres_only
+def test_the_changelist_marks_estimated_counts_on_a_big_table(operator, monkeypatch):
+    make_events(300, status=S.DONE)
+    make_events(3)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE outbox_event")
+    monkeypatch.setattr(stats, "ESTIMATE_ABOVE", 100)
+    page = operator.get(CHANGELIST)
+    summary = page.context["outbox_summary"]()
+    assert summary.estimated == {"done"} and summary.counts["failed"] == 3
+    assert page.context["cl"].paginator.estimated
+    html = page.content.decode()
+    assert re.search(r"outbox-done\">done</span>\s*≈", html)
+    assert re.search(r"<span title=\"An estimate[^\"]*\">≈</span> \d+ outbox events", html)
