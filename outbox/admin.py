@@ -93,6 +93,22 @@ class EstimatedCountPaginator(Paginator):
         return n
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """Status; a finished status also tests ``finished_at``, which every finished event has,
+    so that an index on finished events (``outbox_event_finished``) can serve the list."""
+
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return list(S.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
+        if self.value() in (S.DONE, S.FAILED, S.DISCARDED):
+            return queryset.filter(status=self.value(), finished_at__isnull=False)
+        return queryset.filter(status=self.value()) if self.value() else queryset
+
+
 class _RegistryFilter(admin.SimpleListFilter):
     """Choices from the names registered in this process, plus the one selected, if any."""
 
@@ -140,7 +156,7 @@ class EventAdmin(admin.ModelAdmin):
         "finished",
         "error_line",
     )
-    list_filter = ("status", SignalFilter, ReceiverFilter, "created_at")
+    list_filter = (StatusFilter, SignalFilter, ReceiverFilter, "created_at")
     search_fields = ("id",)  # shows the search box; get_search_results() does the searching
     search_help_text = _("#id for one event; or words in its id, receiver, signal, error or payload.")
     # Newest first on the primary key: an index scan with LIMIT, whatever the table's size.
