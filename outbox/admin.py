@@ -17,7 +17,6 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -25,7 +24,6 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.dateformat import format as date_format
 from django.utils.decorators import method_decorator
-from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.timezone import localtime
@@ -33,12 +31,12 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
+from . import admin_filters as filters
 from . import operations, stats
 from .models import Event
-from .registry import registry
 from .serialization import TAG
 
-__all__ = ["EventAdmin", "EstimatedCountPaginator"]
+__all__ = ["EventAdmin"]
 
 S = Event.Status
 _REFUSALS = {
@@ -82,65 +80,6 @@ def _when(value: datetime.datetime | None) -> str:
     return date_format(localtime(value), "Y-m-d H:i:s") if value else "-"
 
 
-class EstimatedCountPaginator(Paginator):
-    """Counts with :func:`outbox.stats.count`: estimated on PostgreSQL when large."""
-
-    estimated = False
-
-    @cached_property
-    def count(self) -> int:
-        n, self.estimated = stats.count(self.object_list)
-        return n
-
-
-class StatusFilter(admin.SimpleListFilter):
-    """Status; a finished status also tests ``finished_at``, which every finished event has,
-    so that an index on finished events (``outbox_event_finished``) can serve the list."""
-
-    title = _("status")
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(S.choices)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
-        if self.value() in (S.DONE, S.FAILED, S.DISCARDED):
-            return queryset.filter(status=self.value(), finished_at__isnull=False)
-        return queryset.filter(status=self.value()) if self.value() else queryset
-
-
-class _RegistryFilter(admin.SimpleListFilter):
-    """Choices from the names registered in this process, plus the one selected, if any."""
-
-    def names(self) -> list[str]:
-        raise NotImplementedError
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        names = set(self.names())
-        if self.value():
-            names.add(self.value())
-        return [(name, name) for name in sorted(names)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
-        return queryset.filter(**{self.parameter_name: self.value()}) if self.value() else queryset
-
-
-class SignalFilter(_RegistryFilter):
-    title = _("signal")
-    parameter_name = "signal"
-
-    def names(self) -> list[str]:
-        return list(registry.signals)
-
-
-class ReceiverFilter(_RegistryFilter):
-    title = _("receiver")
-    parameter_name = "receiver"
-
-    def names(self) -> list[str]:
-        return list(registry.receivers)
-
-
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     """Read-only changelist and detail page, with replay and discard actions and buttons."""
@@ -156,7 +95,7 @@ class EventAdmin(admin.ModelAdmin):
         "finished",
         "error_line",
     )
-    list_filter = (StatusFilter, SignalFilter, ReceiverFilter, "created_at")
+    list_filter = (filters.StatusFilter, filters.SignalFilter, filters.ReceiverFilter, "created_at")
     search_fields = ("id",)  # shows the search box; get_search_results() does the searching
     search_help_text = _("#id for one event; or words in its id, receiver, signal, error or payload.")
     # Newest first on the primary key: an index scan with LIMIT, whatever the table's size.
@@ -166,7 +105,7 @@ class EventAdmin(admin.ModelAdmin):
     if hasattr(admin, "ShowFacets"):  # Django 5.0+
         # Facet counts ("Show counts") would COUNT the table once per filter choice.
         show_facets = admin.ShowFacets.NEVER
-    paginator = EstimatedCountPaginator
+    paginator = stats.EstimatedCountPaginator
     list_per_page = 50
     actions = ("replay", "discard")
     fieldsets = (

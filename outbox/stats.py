@@ -14,13 +14,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Count, QuerySet
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from .models import Event
 
-__all__ = ["ESTIMATE_ABOVE", "Summary", "count", "summary"]
+__all__ = ["ESTIMATE_ABOVE", "EstimatedCountPaginator", "Summary", "count", "summary"]
 
 #: Counts the planner expects to be larger than this are estimated on PostgreSQL.
 ESTIMATE_ABOVE = 10_000
@@ -37,6 +39,17 @@ def count(queryset: QuerySet[Any]) -> tuple[int, bool]:
         if estimate > ESTIMATE_ABOVE:
             return estimate, True
     return queryset.count(), False
+
+
+class EstimatedCountPaginator(Paginator):
+    """The admin's paginator: counts with :func:`count`, so estimated on PostgreSQL when large."""
+
+    estimated = False
+
+    @cached_property
+    def count(self) -> int:
+        n, self.estimated = count(self.object_list)
+        return n
 
 
 def _planner_rows(connection: Any, queryset: QuerySet[Any]) -> int:
