@@ -31,7 +31,7 @@ def main() -> None:
     total = args.events + args.done
     fill(total, {"failed": args.events / total})
     client = operator_client()
-    url = reverse("admin:outbox_event_changelist") + "?status=failed"
+    url = reverse("admin:outbox_event_changelist") + "?status__exact=failed"
     first_page = [e.pk for e in client.get(url).context["cl"].result_list]
 
     def replay_all() -> None:

@@ -95,7 +95,7 @@ class EventAdmin(admin.ModelAdmin):
         "finished",
         "error_line",
     )
-    list_filter = (filters.StatusFilter, filters.SignalFilter, filters.ReceiverFilter, "created_at")
+    list_filter = ("status", filters.SignalFilter, filters.ReceiverFilter, "created_at")
     search_fields = ("id",)  # shows the search box; get_search_results() does the searching
     search_help_text = _("#id for one event; or words in its id, receiver, signal, error or payload.")
     # Newest first on the primary key: an index scan with LIMIT, whatever the table's size.

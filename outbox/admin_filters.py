@@ -1,7 +1,8 @@
-"""The outbox admin's list filters: none of them reads the table to build its choices.
+"""The outbox admin's signal and receiver filters: their choices read no table.
 
 Django's field filters would ``SELECT DISTINCT`` the signal and receiver columns on every
 page view; these take their choices from the registry of the running process instead.
+The status filter is Django's own: its choices come from the field.
 """
 
 from __future__ import annotations
@@ -16,25 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from .models import Event
 from .registry import registry
 
-__all__ = ["ReceiverFilter", "SignalFilter", "StatusFilter"]
-
-S = Event.Status
-
-
-class StatusFilter(admin.SimpleListFilter):
-    """Status; a finished status also tests ``finished_at``, which every finished event has,
-    so that an index on finished events (``outbox_event_finished``) can serve the list."""
-
-    title = _("status")
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(S.choices)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
-        if self.value() in (S.DONE, S.FAILED, S.DISCARDED):
-            return queryset.filter(status=self.value(), finished_at__isnull=False)
-        return queryset.filter(status=self.value()) if self.value() else queryset
+__all__ = ["ReceiverFilter", "SignalFilter"]
 
 
 class _RegistryFilter(admin.SimpleListFilter):

@@ -83,9 +83,9 @@ class Summary:
 def summary(queryset: QuerySet[Event] | None = None) -> Summary:
     """Counts per status and the oldest due event, in a constant number of queries.
 
-    Pending and running events are counted exactly: the partial index ``outbox_event_due``
-    holds only them. Finished ones (done, failed, discarded; they all have ``finished_at``)
-    are counted by :func:`count`, so a million done events are estimated, not scanned.
+    Pending and running events are counted exactly, through the partial index
+    ``outbox_event_due``; finished ones (done, failed, discarded) by :func:`count`, through
+    ``outbox_event_finished``, so a million done events are estimated, not scanned.
     """
     events = (Event.objects.all() if queryset is None else queryset).order_by()
     result = Summary(counts=dict.fromkeys(S.values, 0))
@@ -93,7 +93,7 @@ def summary(queryset: QuerySet[Event] | None = None) -> Summary:
     for row in active:
         result.counts[row["status"]] = row["n"]
     for status in (S.FAILED, S.DONE, S.DISCARDED):
-        n, estimated = count(events.filter(status=status, finished_at__isnull=False))
+        n, estimated = count(events.filter(status=status))
         result.counts[status] = n
         if estimated:
             result.estimated.add(status)
