@@ -49,10 +49,10 @@ checks: venv
 	cd example && ../$(PY) manage.py check --fail-level WARNING
 	cd example && ../$(PY) manage.py makemigrations --check --dry-run
 
-test-sqlite: venv
+test-sqlite: venv chromium
 	DATABASE_URL=$(SQLITE_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-postgres: venv postgres-up
+test-postgres: venv chromium postgres-up
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Relay throughput (django-q2) beside in-process dispatch; see bench/relay.py for options.
@@ -93,3 +93,22 @@ chaos: venv postgres-up
 	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4 --calm
 	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4
 	$(PY) -m tests.scale --database-url $(CHAOS_URL) --events 200000
+
+# --- the admin (issue 4) -------------------------------------------------------------------
+# Playwright drives Debian's Chromium in the browser tests; never a browser download.
+.PHONY: chromium test-browser bench-admin bench-admin-replay bench-admin-changelist
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+# The browser tests alone, on SQLite (PYTEST_ARGS and DATABASE_URL as for test-sqlite).
+test-browser: venv chromium
+	DATABASE_URL=$(SQLITE_URL) $(PY) -m pytest -m browser $(PYTEST_ARGS)
+
+# Figures for the README, on PostgreSQL (BENCH_DATABASE_URL; default a database of its own).
+bench-admin: bench-admin-replay bench-admin-changelist
+bench-admin-replay: venv postgres-up
+	cd bench && ../$(PY) admin_replay.py
+bench-admin-changelist: venv postgres-up
+	cd bench && ../$(PY) admin_changelist.py

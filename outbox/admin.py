@@ -1,0 +1,365 @@
+"""The operator's admin for outbox events: inspect, search, replay, discard.
+
+Read-only by design: no event can be added, edited or deleted here, since a payload typed
+by hand would be run by the worker. The only writes are the replay and discard operations
+of :mod:`outbox.operations` (one bulk UPDATE each), behind their own permissions.
+Every changelist query is bounded for big tables: newest first on the primary key,
+filter choices from the registry (never ``SELECT DISTINCT``), and counts from
+:mod:`outbox.stats` (estimated on PostgreSQL when large).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+from django.utils.dateformat import format as date_format
+from django.utils.decorators import method_decorator
+from django.utils.html import format_html, format_html_join
+from django.utils.text import smart_split, unescape_string_literal
+from django.utils.timezone import localtime
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
+
+from . import admin_filters as filters
+from . import operations, stats
+from .models import Event
+from .serialization import TAG
+
+__all__ = ["EventAdmin"]
+
+S = Event.Status
+_REFUSALS = {
+    S.RUNNING: _("a worker holds it; try again once it finishes or its lease expires"),
+    S.DONE: _("already run"),
+    S.DISCARDED: _("already discarded"),
+}
+#: References listed on the detail page; a payload naming more shows only the first.
+_MAX_REFS = 50
+
+
+def _model_refs(value: Any, where: str, depth: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, reference)`` for each model instance or class named in a payload."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if depth > 32:
+        return found
+    if isinstance(value, dict):
+        if value.get(TAG) in ("model", "modelclass") and isinstance(value.get("label"), str):
+            found.append((where, value))
+        items = value.items() if value.get(TAG) is None else [("v", value.get("v"))]
+        for key, item in items:
+            found += _model_refs(item, where if value.get(TAG) else f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _model_refs(item, f"{where}[{i}]", depth + 1)
+    return found[:_MAX_REFS]
+
+
+def _pk(ref: dict[str, Any]) -> str:
+    """A reference's primary key as text; tagged keys (uuid, ...) hold it in ``v``."""
+    pk = ref.get("pk")
+    return str(pk.get("v") if isinstance(pk, dict) else pk)
+
+
+def _short(path: str) -> str:
+    """The last two parts of a dotted path, the whole path on hover: keeps the list narrow."""
+    return format_html('<span title="{}">{}</span>', path, ".".join(path.rsplit(".", 2)[-2:]))
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return date_format(localtime(value), "Y-m-d H:i:s") if value else "-"
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    """Read-only changelist and detail page, with replay and discard actions and buttons."""
+
+    list_display = (
+        "id",
+        "signal_name",
+        "receiver_name",
+        "status_badge",
+        "attempts_display",
+        "created",
+        "next_attempt",
+        "finished",
+        "error_line",
+    )
+    list_filter = ("status", filters.SignalFilter, filters.ReceiverFilter, "created_at")
+    search_fields = ("id",)  # shows the search box; get_search_results() does the searching
+    search_help_text = _("#id for one event; or words in its id, receiver, signal, error or payload.")
+    # Newest first on the primary key: an index scan with LIMIT, whatever the table's size.
+    ordering = ("-id",)
+    sortable_by = ("id", "created")
+    show_full_result_count = False
+    if hasattr(admin, "ShowFacets"):  # Django 5.0+
+        # Facet counts ("Show counts") would COUNT the table once per filter choice.
+        show_facets = admin.ShowFacets.NEVER
+    paginator = stats.EstimatedCountPaginator
+    list_per_page = 50
+    actions = ("replay", "discard")
+    fieldsets = (
+        (None, {"fields": ("id", "status_badge", "signal", "receiver", "references")}),
+        (
+            _("Attempts"),
+            {"fields": ("attempts_display", "available_at", "worker", "created_at", "finished_at")},
+        ),
+        (_("Last error"), {"fields": ("last_error", "traceback")}),
+        (_("Payload"), {"fields": ("payload_json",)}),
+    )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
+
+    class Media:
+        css = {"all": ("outbox/admin.css",)}
+
+    # --- permissions: view only, plus the two operations --------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
+        return False
+
+    def has_replay_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
+        return request.user.has_perm("outbox.replay_event")
+
+    def has_discard_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
+        return request.user.has_perm("outbox.discard_event")
+
+    # --- columns ------------------------------------------------------------------------
+
+    @admin.display(description=_("status"))
+    def status_badge(self, obj: Event) -> str:
+        return format_html(
+            '<span class="outbox-status outbox-{}">{}</span>', obj.status, obj.get_status_display()
+        )
+
+    @admin.display(description=_("signal"))
+    def signal_name(self, obj: Event) -> str:
+        return _short(obj.signal)
+
+    @admin.display(description=_("receiver"))
+    def receiver_name(self, obj: Event) -> str:
+        return _short(obj.receiver)
+
+    @admin.display(description=_("attempts"))
+    def attempts_display(self, obj: Event) -> str:
+        return f"{obj.attempts}/{obj.max_attempts}"
+
+    @admin.display(description=_("created"), ordering="id")
+    def created(self, obj: Event) -> str:
+        return _when(obj.created_at)
+
+    @admin.display(description=_("next attempt"))
+    def next_attempt(self, obj: Event) -> str:
+        return _when(obj.available_at) if obj.status == S.PENDING else "-"
+
+    @admin.display(description=_("finished"))
+    def finished(self, obj: Event) -> str:
+        return _when(obj.finished_at)
+
+    @admin.display(description=_("last error"))
+    def error_line(self, obj: Event) -> str:
+        line = obj.last_error.strip().partition("\n")[0]
+        if len(line) > 100:
+            line = line[:99] + "…"
+        return format_html('<span title="{}">{}</span>', obj.last_error, line) if line else ""
+
+    @admin.display(description=_("traceback"))
+    def traceback(self, obj: Event) -> str:
+        return (
+            format_html('<pre class="outbox-pre">{}</pre>', obj.last_traceback) if obj.last_traceback else ""
+        )
+
+    @admin.display(description=_("payload"))
+    def payload_json(self, obj: Event) -> str:
+        text = json.dumps(obj.payload, indent=2, ensure_ascii=False, sort_keys=True)
+        return format_html('<pre class="outbox-pre">{}</pre>', text)
+
+    @admin.display(description=_("references"))
+    def references(self, obj: Event) -> str:
+        """Model instances and classes named in the payload, linked to their admin pages.
+
+        Built from the payload alone (label and primary key): no query, no import."""
+        items = []
+        for where, ref in _model_refs(obj.payload, "payload"):
+            text = f"{ref['label']} #{_pk(ref)}" if ref[TAG] == "model" else ref["label"]
+            url = self._admin_url(ref)
+            items.append((where, format_html('<a href="{}">{}</a>', url, text) if url else text))
+        return format_html_join("", "<div><code>{}</code>: {}</div>", items) if items else "-"
+
+    def _admin_url(self, ref: dict[str, Any]) -> str | None:
+        try:
+            app_label, model_name = ref["label"].lower().split(".")
+            if ref[TAG] == "modelclass":
+                return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_changelist")
+            return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_change", args=[_pk(ref)])
+        except (NoReverseMatch, ValueError, AttributeError):
+            return None
+
+    # --- search: id exactly (index), text in receiver, signal, error and payload ---------
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Event], search_term: str
+    ) -> tuple[QuerySet[Event], bool]:
+        if not search_term:
+            return queryset, False
+        queryset = queryset.alias(payload_text=Cast("payload", TextField()))
+        for bit in smart_split(search_term):
+            if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
+                bit = unescape_string_literal(bit)
+            number = bit.removeprefix("#")
+            if bit.startswith("#") and number.isdigit() and len(number) < 19:
+                queryset = queryset.filter(pk=int(number))  # "#123": that event, by its key
+                continue
+            match = (
+                Q(receiver__icontains=bit)
+                | Q(signal__icontains=bit)
+                | Q(last_error__icontains=bit)
+                | Q(payload_text__icontains=bit)
+            )
+            if number.isdigit() and len(number) < 19:
+                match |= Q(pk=int(number))
+            queryset = queryset.filter(match)
+        return queryset, False
+
+    # --- the summary above the list -----------------------------------------------------
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        if request.method == "POST":
+            # A forged POST naming an action this user lacks is refused outright; Django
+            # alone would answer "No action selected." or, with no action at all, ignore it.
+            allowed = self.get_actions(request)
+            if any(name and name not in allowed for name in request.POST.getlist("action")):
+                raise PermissionDenied
+        # A callable: the template computes it only when it renders the list, not for actions.
+        extra_context = {**(extra_context or {}), "outbox_summary": stats.summary}
+        return super().changelist_view(request, extra_context)
+
+    # --- actions ------------------------------------------------------------------------
+
+    @admin.action(description=_("Replay selected events"), permissions=["replay"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[Event]) -> HttpResponse | None:
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        hidden = [
+            ("action", "replay"),
+            ("index", "0"),
+            ("select_across", request.POST.get("select_across", "0")),
+        ]
+        hidden += [(ACTION_CHECKBOX_NAME, pk) for pk in request.POST.getlist(ACTION_CHECKBOX_NAME)]
+        return self._replay(request, queryset, hidden, cancel_url=request.get_full_path())
+
+    @admin.action(description=_("Discard selected events"), permissions=["discard"])
+    def discard(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+        if not self.has_discard_permission(request):
+            raise PermissionDenied
+        self._report(request, operations.discard(queryset), _("discarded"))
+
+    def _replay(
+        self, request: HttpRequest, queryset: QuerySet[Event], hidden: list[tuple[str, Any]], cancel_url: str
+    ) -> HttpResponse | None:
+        """Replay, asking first when done events are among them: that runs receivers again."""
+        include_done = request.POST.get("include_done")
+        if include_done is None:
+            done = queryset.filter(status=S.DONE).order_by().count()
+            if done:
+                context = {
+                    **self.admin_site.each_context(request),
+                    "opts": self.opts,
+                    "title": _("Replay done events?"),
+                    "done": done,
+                    "hidden": hidden,
+                    "cancel_url": cancel_url,
+                }
+                return TemplateResponse(request, "admin/outbox/event/replay_confirmation.html", context)
+        result = operations.replay(queryset, include_done=include_done == "yes")
+        self._report(request, result, _("replayed: due now"))
+        return None
+
+    def _report(self, request: HttpRequest, result: operations.ActionResult, done: str) -> None:
+        self.message_user(
+            request,
+            ngettext("%(n)d event %(done)s.", "%(n)d events %(done)s.", result.changed)
+            % {"n": result.changed, "done": done},
+            messages.SUCCESS if result.changed else messages.WARNING,
+        )
+        for status, n in sorted(result.refused.items()):
+            why = _REFUSALS.get(status, _("not allowed in this state"))
+            self.message_user(
+                request,
+                ngettext(
+                    "%(n)d %(status)s event left as it was: %(why)s.",
+                    "%(n)d %(status)s events left as they were: %(why)s.",
+                    n,
+                )
+                % {"n": n, "status": status, "why": why},
+                messages.WARNING,
+            )
+
+    # --- the detail page's buttons ------------------------------------------------------
+
+    def get_urls(self) -> list[Any]:
+        views = {"replay": self.replay_view, "discard": self.discard_view}
+        return [
+            *(
+                path(
+                    f"<path:object_id>/{name}/", self.admin_site.admin_view(view), name=f"outbox_event_{name}"
+                )
+                for name, view in views.items()
+            ),
+            *super().get_urls(),
+        ]
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        *args: Any,
+        obj: Event | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if obj is not None:
+            context["can_replay"] = self.has_replay_permission(request) and obj.status != S.RUNNING
+            context["can_discard"] = (
+                self.has_discard_permission(request) and obj.status in operations.DISCARDABLE
+            )
+        return super().render_change_form(request, context, *args, obj=obj, **kwargs)
+
+    def _one(self, request: HttpRequest, object_id: str) -> QuerySet[Event]:
+        event = self.get_object(request, object_id)  # None for a malformed or unknown id
+        if event is None:
+            raise Http404
+        return Event.objects.filter(pk=event.pk)
+
+    def _change_url(self, object_id: str) -> str:
+        return reverse(f"{self.admin_site.name}:outbox_event_change", args=[object_id])
+
+    @method_decorator(require_POST)
+    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        response = self._replay(
+            request, self._one(request, object_id), [], cancel_url=self._change_url(object_id)
+        )
+        return response or HttpResponseRedirect(self._change_url(object_id))
+
+    @method_decorator(require_POST)
+    def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_discard_permission(request):
+            raise PermissionDenied
+        self._report(request, operations.discard(self._one(request, object_id)), _("discarded"))
+        return HttpResponseRedirect(self._change_url(object_id))
