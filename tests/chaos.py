@@ -152,7 +152,7 @@ def _retrying(query, attempts: int = 60):
     raise AssertionError("unreachable")
 
 
-def send_events(count: int, per_transaction: int = 1000) -> None:
+def send_events(count: int, per_transaction: int = 1000, pause: float = 0.0) -> None:
     """Send ``count`` chaos signals through the real send path, in a few transactions."""
     from django.db import transaction
 
@@ -161,7 +161,7 @@ def send_events(count: int, per_transaction: int = 1000) -> None:
     for start in range(0, count, per_transaction):
         with transaction.atomic():
             for i in range(start, min(count, start + per_transaction)):
-                chaos.send(sender=None, key=str(i))
+                chaos.send(sender=None, key=str(i), pause=pause)
 
 
 def run(
@@ -175,6 +175,7 @@ def run(
     batch_size: int = 100,
     timeout: float = 600.0,
     seed: int | None = None,
+    pause: float = 0.0,
     echo=print,
 ) -> Report:
     """Run the chaos scenario on Django's default database (migrated, PostgreSQL)."""
@@ -187,7 +188,7 @@ def run(
     rng = random.Random(seed)
     Event.objects.all().delete()
     Call.objects.filter(receiver="chaos").delete()
-    send_events(events)
+    send_events(events, pause=pause)
     report = Report(events=events, workers=workers)
     restart_cmd = restart_command() if restart else None
     if restart and restart_cmd is None:

@@ -74,7 +74,8 @@ def test_four_workers_racing_without_faults_run_nothing_twice():
 
 
 def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_flight():
-    report = chaos.run(1000, 4, kill_interval=(1.0, 2.5), batch_size=20, seed=2)
+    # 20 ms a call: about 5 s of work per worker, so kills land mid-batch on a fast machine too.
+    report = chaos.run(1000, 4, kill_interval=(1.0, 2.5), batch_size=20, seed=2, pause=0.02)
     print(f"\n{report}")
     assert report.kills >= 2 and report.in_flight_at_kills > 0, "the kills hit workers holding rows"
     assert report.problems() == []
@@ -83,7 +84,7 @@ def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_fligh
 @pytest.mark.skipif(chaos.restart_command() is None, reason="no pg_ctlcluster to restart PostgreSQL")
 @pytest.mark.skipif(bool(os.environ.get("OUTBOX_CHAOS_NO_RESTART")), reason="OUTBOX_CHAOS_NO_RESTART is set")
 def test_a_postgresql_restart_amid_kills_loses_nothing():
-    report = chaos.run(1000, 4, restart=True, kill_interval=(1.5, 3.0), batch_size=20, seed=3)
+    report = chaos.run(1000, 4, restart=True, kill_interval=(1.5, 3.0), batch_size=20, seed=3, pause=0.02)
     print(f"\n{report}")
     assert report.restarts == 1
     assert report.problems() == []

@@ -81,9 +81,12 @@ def hangs_in_database(sender, **kwargs):
 
 
 @outbox.receiver(chaos)
-def chaos_record(sender, key, **kwargs):
+def chaos_record(sender, key, pause=0.0, **kwargs):
     """One durable row per call, committed at once (the worker runs receivers in autocommit),
-    so a call whose completion is lost to a kill is still counted."""
+    so a call whose completion is lost to a kill is still counted. ``pause`` stretches the
+    run so that kills land mid-batch whatever the machine's speed."""
+    if pause:
+        time.sleep(pause)
     Call.objects.create(receiver="chaos", key=key, worker_pid=os.getpid())
 
 
