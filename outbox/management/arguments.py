@@ -27,6 +27,7 @@ __all__ = [
     "filters",
     "id_range",
     "non_negative",
+    "positive",
     "since",
 ]
 
@@ -84,19 +85,27 @@ def since(text: str) -> datetime.datetime:
     return value if timezone.is_aware(value) else timezone.make_aware(value)
 
 
-def non_negative(kind: type) -> Any:
-    """A number of ``kind`` that is zero or more."""
-
+def _number(kind: type, smallest: float, inclusive: bool, words: str) -> Any:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        if value < smallest or (value == smallest and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text!r} must {words}")
         return value
 
     return parse
+
+
+def non_negative(kind: type) -> Any:
+    """A number of ``kind`` that is zero or more."""
+    return _number(kind, 0, True, "not be negative")
+
+
+def positive(kind: type) -> Any:
+    """A number of ``kind`` greater than zero."""
+    return _number(kind, 0, False, "be greater than zero")
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser, default_status: str) -> None:

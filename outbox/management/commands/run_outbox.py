@@ -11,22 +11,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 from outbox.checks import check_migrations
 from outbox.conf import settings
+from outbox.management.arguments import positive
 from outbox.worker import Worker
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
-        return value
-
-    return parse
 
 
 class Command(BaseCommand):
@@ -35,9 +23,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--database", help="Database alias to drain (default: OUTBOX['DATABASE']).")
-        parser.add_argument("--batch-size", type=_positive(int), help="Events claimed per statement.")
-        parser.add_argument("--poll-interval", type=_positive(float), help="Seconds between polls.")
-        parser.add_argument("--lease-seconds", type=_positive(float), help="Lease of a claimed event.")
+        parser.add_argument("--batch-size", type=positive(int), help="Events claimed per statement.")
+        parser.add_argument("--poll-interval", type=positive(float), help="Seconds between polls.")
+        parser.add_argument("--lease-seconds", type=positive(float), help="Lease of a claimed event.")
         parser.add_argument("--once", action="store_true", help="Drain everything due now, then exit.")
         parser.add_argument(
             "--no-listen",
