@@ -121,7 +121,8 @@ class Bench:
         }
 
     def sql(self, system: str, statement: str, params: Any = None) -> Any:
-        with psycopg.connect(self.url(system), autocommit=True) as conn:
+        with psycopg.connect(self.url(system), autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SET statement_timeout = '10min'")
             cursor = conn.execute(statement, params)
             return cursor.fetchall() if cursor.description else None
 
@@ -211,7 +212,7 @@ class Bench:
             total = 0.0
             for proc in procs:
                 if proc.poll() is not None:
-                    raise SystemExit(f"a worker exited during start-up: {proc.args}")
+                    raise RuntimeError(f"a worker exited during start-up: {proc.args}")
                 try:
                     tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
                     total += sum(sum(p.cpu_times()[:2]) for p in tree)
@@ -318,9 +319,14 @@ class Bench:
             # The filler waits inside its transaction for "now"; it commits at once.
             fill.stdin.write("\n")
             fill.stdin.flush()
-            result = json.loads(fill.stdout.read().strip().splitlines()[-1])
+            try:
+                out = fill.communicate(timeout=300)[0]
+            except subprocess.TimeoutExpired:
+                fill.kill()
+                raise
+            result = json.loads(out.strip().splitlines()[-1])
             if fill.wait():
-                raise SystemExit(f"fill failed for {system}")
+                raise RuntimeError(f"fill failed for {system}")
             began = result["committed_at"]
             cap = self.sizes["drain_cap"] if system in ("q2", "tasksdb", "procrastinate") else 120.0
             left = n
