@@ -119,8 +119,9 @@ bench-admin-changelist: venv postgres-up
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_PG ?= postgres://postgres@127.0.0.1:5432/bench
-BENCH_PYTHON ?= $(firstword $(shell command -v python3.13 python3.12 2>/dev/null) \
-	$(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1[23]*/bin/python3))
+BENCH_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) \
+	$(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3) \
+	$(shell command -v python3.12 python3.13 2>/dev/null))
 
 $(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
 	@test -n "$(BENCH_PYTHON)" || { echo "make bench needs Python >= 3.12 (django-tasks-db runs on Django 6); set BENCH_PYTHON"; exit 1; }

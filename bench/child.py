@@ -141,7 +141,8 @@ def fill(system: str, count: int, payload: str, wait: bool) -> dict[str, Any]:
 
             procrastinate_noop.batch_defer(*({"item_id": 1} for _ in range(count)))
         elif system == "pgqueuer":
-            _fill_pgqueuer(count)
+            _fill_pgqueuer(count, wait)
+            wait = False  # it waited inside its own transaction
         else:
             raise SystemExit(f"unknown system {system}")
         prepared = time.time()
@@ -239,7 +240,9 @@ def _fill_tasksdb(count: int) -> None:
         )
 
 
-def _fill_pgqueuer(count: int) -> None:
+def _fill_pgqueuer(count: int, wait: bool) -> None:
+    """pgqueuer's own batch enqueue, in one transaction on its own connection (it does not
+    share Django's), committed on the go from stdin like the others."""
     import asyncio
 
     import psycopg
@@ -249,9 +252,12 @@ def _fill_pgqueuer(count: int) -> None:
     async def go() -> None:
         conn = await psycopg.AsyncConnection.connect(os.environ["PGQ_DSN"], autocommit=True)
         queries = Queries(PsycopgDriver(conn))
-        for start in range(0, count, 10000):
-            n = min(10000, count - start)
-            await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
+        async with conn.transaction():
+            for start in range(0, count, 10000):
+                n = min(10000, count - start)
+                await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
+            if wait:
+                sys.stdin.readline()
         await conn.close()
 
     asyncio.run(go())

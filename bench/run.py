@@ -360,9 +360,13 @@ class Bench:
 
     def drains(self) -> None:
         n = self.sizes["drain_n"]
-        for system in ["floor", "ours", "pgqueuer", "procrastinate", "tasksdb", "q2"]:
+        systems = ["floor", "ours", "pgqueuer", "procrastinate", "tasksdb", "q2"]
+        only = os.environ.get("BENCH_DRAIN_SYSTEMS")
+        for system in only.split(",") if only else systems:
             for workers in self.sizes["workers"]:
                 self.record(f"drain.{system}.{workers}", self.attempt(self.drain, system, workers, n))
+        if only:
+            return
         self.record("drain.ours.model.1", self.attempt(self.drain, "ours", 1, n, payload="model"))
         done_rows = self.sizes["done_rows"]
         self.record("drain.ours.done_rows.1", self.attempt(self.drain, "ours", 1, n, done_rows=done_rows))
@@ -493,7 +497,8 @@ def machine(server: str) -> dict[str, Any]:
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, Any] = {"meta": runs[-1]["meta"], "runs": len(runs)}
+    full = [run for run in runs if "write.1.ours1" in run] or runs
+    merged: dict[str, Any] = {"meta": full[-1]["meta"], "runs": len(full)}
     keys = {k for run in runs for k in run if k != "meta"}
     for key in keys:
         values = [run[key] for run in runs if isinstance(run.get(key), (int, float))]
@@ -522,7 +527,9 @@ def report(r: dict[str, Any]) -> tuple[str, list[tuple[str, str, bool]]]:
     lines.append("### Write path: `with atomic(): obj.save(); <hand off>`\n")
     lines.append(
         "| hand-off | "
-        + " | ".join(f"{c} client{'s' if c > 1 else ''}: tx/s (time ratio)" for c in clients)
+        + " | ".join(
+            f"{c} client{'s' if c > 1 else ''}: tx/s vs its paired baseline: time ratio" for c in clients
+        )
         + " |"
     )
     lines.append("|---|" + "---|" * len(clients))
@@ -530,8 +537,11 @@ def report(r: dict[str, Any]) -> tuple[str, list[tuple[str, str, bool]]]:
         cells = []
         for c in clients:
             tps = g(f"write.{c}.{system}")
-            ratio = 1.0 if system == "baseline" else g(f"write.{c}.{system}.ratio", float("nan"))
-            cells.append("n/a" if not tps else f"{tps:,.0f} ({ratio:.2f}x)")
+            if system == "baseline":
+                cells.append("n/a" if not tps else f"{tps:,.0f} (mean of the pairs)")
+                continue
+            ratio = g(f"write.{c}.{system}.ratio", float("nan"))
+            cells.append("n/a" if not tps else f"{tps:,.0f} vs {tps * ratio:,.0f}: {ratio:.2f}x")
         lines.append(f"| {NAMES[system]} | " + " | ".join(cells) + " |")
     if clients:
         c1, cn = clients[0], clients[-1]
@@ -700,7 +710,7 @@ ratios measured in the same run (write path against its baseline) are steadier t
 
 {table}
 
-{failures}
+{failures}{r.get("note", "")}
 
 ## How each figure is measured
 
@@ -723,6 +733,9 @@ ratios measured in the same run (write path against its baseline) are steadier t
   django-tasks-db `db_worker`, procrastinate `procrastinate worker` (concurrency 1), pgqueuer
   `pgq run` (batch 10, psycopg driver). The floor is `bench/floor.py`: a psycopg loop running only
   `outbox.queries.CLAIM_POSTGRESQL` and `COMPLETE_POSTGRESQL`, no Django and no dispatch.
+  pgqueuer's worker runs through `pgqueuer.run()`, which is what `pgq run` does: the 1.6.0 CLI
+  fails at start-up on its own default `--log-level`. Its backlog is enqueued with its batch
+  `enqueue` in one transaction on its own connection (it does not share Django's).
   "One model instance per payload" sends `item=<Item>` (each event a different row; the worker
   re-fetches a batch's rows in one query). "1,000,000 done rows" inserts them, then `VACUUM ANALYZE`,
   before the backlog.
@@ -731,6 +744,37 @@ ratios measured in the same run (write path against its baseline) are steadier t
   time the sender's `atomic()` block returned.
 - **Memory**: RSS of one `run_outbox` process when idle after start-up and after draining
   {sizes["memory_n"]:,} events.
+
+## What bounds the targets we miss
+
+Read with the table above; profiles taken with pyinstrument and cProfile on this machine.
+
+- **Write path.** A transaction here is mostly its commit (the WAL flush) and its round trips.
+  Our send adds exactly one statement to the user's transaction: the INSERT, with `pg_notify`
+  folded into the same statement for the first row of a transaction. The reference row "raw
+  INSERT + pg_notify" is that statement with no Python at all, so it is the floor for any outbox
+  that wakes its worker; the rest is our per-send Python (encoding the payload, Django's cursor,
+  client-side quoting of the parameters), which stretches when the two cores are contended.
+  NOTIFY also takes a server-wide lock at commit, held through the commit's WAL flush, so
+  notifying commits of every database on the server queue behind one another: that is the
+  8-client gap. Three receivers are three INSERTs, one round trip each; writing all of a send's
+  deferred receivers in one multi-row INSERT would bring that row near the one-receiver row
+  (not done).
+- **Drain, one worker, against 3x pgqueuer.** The floor, a raw psycopg loop running only our
+  claim and completion statements, bounds us, and we run at most of it: per batch of 100, two
+  synchronously committed statements that each rewrite 100 rows and their index entries.
+  Python is a small share (about 25 us of CPU per event with a primitive payload). Going past
+  the floor means making the statements cheaper: larger batches, asynchronous commit for the
+  worker's own bookkeeping, or completing one batch in the statement that claims the next.
+  Those change durability or configuration, so they are left as proposals.
+- **Model instance per payload.** The re-fetch is one query per model per batch (`in_bulk`);
+  what it costs is Django building 100 model instances per batch and the 100-parameter IN list,
+  about 40 us of CPU per event more than a primitive payload.
+- **Latency p99.** The claim that follows the wake-up is a synchronously committed UPDATE: its
+  WAL flush is in every event's latency, and on a shared machine the slowest flushes set p99.
+- **Noise.** Other jobs ran test suites against the same PostgreSQL server during these runs
+  (load averages of 3 to 12 on 2 cores), and the server was restarted under one run (the step
+  was retried). Rates differ by up to 2x between runs; compare figures within one run.
 
 ## Machine and versions
 
@@ -763,11 +807,13 @@ def main() -> None:
         "--report", nargs="+", type=Path, help="write the report from the median of saved runs"
     )
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--note", default="", help="a paragraph for the report (with --report)")
     args = parser.parse_args()
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
     if args.report:
         results = median_of([json.loads(p.read_text()) for p in args.report])
+        results["note"] = args.note
     else:
         results = Bench(args.pg, SMOKE if args.smoke else FULL).run()
         stamp = time.strftime("%Y%m%d-%H%M%S")
