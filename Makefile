@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo demo-server test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
 .PHONY: chaos
+.PHONY: bench bench-smoke
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -112,3 +113,25 @@ bench-admin-replay: venv postgres-up
 	cd bench && ../$(PY) admin_replay.py
 bench-admin-changelist: venv postgres-up
 	cd bench && ../$(PY) admin_changelist.py
+# --- benchmarks against the peers (bench/, BENCHMARKS.md) -------------------------------
+# A separate virtualenv: django-tasks-db needs Django 6, hence Python >= 3.12 (found on PATH
+# or under pyenv). BENCH_PG names the server and the prefix of the databases it recreates.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_PG ?= postgres://postgres@127.0.0.1:5432/bench
+BENCH_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) \
+	$(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3) \
+	$(shell command -v python3.12 python3.13 2>/dev/null))
+
+$(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
+	@test -n "$(BENCH_PYTHON)" || { echo "make bench needs Python >= 3.12 (django-tasks-db runs on Django 6); set BENCH_PYTHON"; exit 1; }
+	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q -e '.[postgres]' -r bench/requirements.txt
+	touch $@
+
+bench: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.run --pg $(BENCH_PG)
+
+bench-smoke: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.run --smoke --pg $(BENCH_PG)_smoke

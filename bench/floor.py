@@ -1,0 +1,46 @@
+"""The floor: a raw psycopg loop running only our claim and completion statements.
+
+No Django, no decoding, no dispatch: what the database and the driver allow, which bounds
+what the worker could reach. The SQL is imported from outbox/queries.py, not copied.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+
+import psycopg
+
+from outbox.queries import CLAIM_POSTGRESQL, COMPLETE_POSTGRESQL
+
+BATCH_SIZE = 100  # outbox's default BATCH_SIZE
+LEASE = datetime.timedelta(seconds=60)
+
+
+def main(dsn: str) -> None:
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    # Client-side binding, as Django's psycopg backend sends statements: no server-side
+    # prepared statement whose generic plan, made while the table was empty, outlives the
+    # burst of rows the benchmark inserts.
+    with psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        while not stopping:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            token = uuid.uuid4().hex
+            params = {"token": token, "until": now + LEASE, "now": now, "limit": BATCH_SIZE, "worker": worker}
+            rows = conn.execute(CLAIM_POSTGRESQL, params).fetchall()
+            if not rows:
+                time.sleep(0.05)
+                continue
+            ids = [row[0] for row in rows]
+            conn.execute(COMPLETE_POSTGRESQL, [datetime.datetime.now(datetime.timezone.utc), ids, token])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
