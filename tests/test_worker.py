@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -226,3 +227,23 @@ def test_batch_size_setting_is_read_at_call_time():
     worker = Worker(listen=False)
     assert worker.batch_size == 2
     assert worker.run_batch() == 2
+
+
+def test_an_idle_worker_keeps_its_connection_with_the_default_conn_max_age():
+    from outbox.worker import _close_broken_or_expired
+
+    connection.ensure_connection()
+    raw = connection.connection
+    assert not connection.settings_dict.get("CONN_MAX_AGE")
+    _close_broken_or_expired()
+    assert connection.connection is raw, "a wake-up would reconnect before claiming"
+
+
+def test_an_idle_worker_honours_a_positive_conn_max_age(monkeypatch):
+    from outbox.worker import _close_broken_or_expired
+
+    connection.ensure_connection()
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 60)
+    monkeypatch.setattr(connection, "close_at", 0.0)
+    _close_broken_or_expired()
+    assert connection.connection is None
