@@ -7,7 +7,7 @@ PG_URL ?= $(or $(filter postgres%,$(DATABASE_URL)),postgres://postgres@127.0.0.1
 SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-server test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
+.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
 .PHONY: chaos
 .PHONY: bench bench-smoke
 
@@ -132,6 +132,12 @@ $(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
 
 bench: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --pg $(BENCH_PG)
+	@echo "Relay (django-q2) beside in-process dispatch, events/s:"
+	$(MAKE) bench-relay BENCH_RELAY_ARGS="$(or $(BENCH_RELAY_ARGS),--events 2000 --runs 3)"
+
+# Prints the Python the benchmarks would use (empty when there is none).
+bench-python:
+	@echo $(BENCH_PYTHON)
 
 bench-smoke: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --smoke --pg $(BENCH_PG)_smoke
