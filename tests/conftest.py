@@ -169,3 +169,13 @@ def wait_for(predicate, timeout=30.0, interval=0.02):
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def listening_sessions() -> int:
+    """PostgreSQL sessions on the test database that are waiting on LISTEN: one per worker."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query ILIKE 'LISTEN%%'"
+        )
+        return cursor.fetchone()[0]

@@ -13,7 +13,7 @@ from django.db import connection
 
 from outbox.models import Event
 from tests import chaos
-from tests.conftest import postgres_only, wait_for
+from tests.conftest import listening_sessions, postgres_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.signals import work
 
@@ -30,20 +30,11 @@ def _terminate_other_sessions() -> int:
         return cursor.fetchone()[0]
 
 
-def _sessions(query: str) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE %s",
-            [query],
-        )
-        return cursor.fetchone()[0]
-
-
 def test_an_idle_worker_survives_losing_its_connections(worker_process):
     worker = worker_process("--poll-interval", "0.5")
     work.send(sender=None, key="before")
     wait_for(lambda: Call.objects.filter(key="before").exists())
-    wait_for(lambda: _sessions("LISTEN%") == 1)  # idle, waiting on its LISTEN connection
+    wait_for(lambda: listening_sessions() == 1)  # idle, waiting on its LISTEN connection
     assert _terminate_other_sessions() >= 1
     time.sleep(1.5)
     assert worker.process.poll() is None, "the worker is still running"

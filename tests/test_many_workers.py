@@ -6,29 +6,19 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 
 from outbox.models import Event
-from tests.conftest import postgres_only, wait_for
+from tests.conftest import listening_sessions, postgres_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.signals import work
 
 pytestmark = [pytest.mark.django_db(transaction=True), postgres_only]
 
 
-def listening() -> int:
-    """Workers whose LISTEN connection is open on the test database."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
-        )
-        return cursor.fetchone()[0]
-
-
 def test_four_workers_on_one_database_share_the_work_and_run_no_row_twice(worker_process):
     workers = [worker_process("--batch-size", "10", "--poll-interval", "0.5") for _ in range(4)]
-    wait_for(lambda: listening() == 4, timeout=60, interval=0.1)
+    wait_for(lambda: listening_sessions() == 4, timeout=60, interval=0.1)
     keys = [f"k{i}" for i in range(1000)]
     with transaction.atomic():
         for key in keys:

@@ -7,12 +7,12 @@ import signal
 import time
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from outbox import queries
 from outbox.models import Event
-from tests.conftest import postgres_only, wait_for
+from tests.conftest import listening_sessions, postgres_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.signals import work
 
@@ -72,21 +72,12 @@ def test_a_second_sigterm_exits_at_once(worker_process):
     assert Event.objects.get().status == "running"
 
 
-def _listening_sessions() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND query ILIKE 'LISTEN%%'"
-        )
-        return cursor.fetchone()[0]
-
-
 @postgres_only
 def test_no_listen_drains_by_polling_alone(worker_process):
     worker = worker_process("--no-listen", "--poll-interval", "0.2", "-v", "1")
     _send(3)
     wait_for(lambda: Call.objects.count() == 3, timeout=60)
-    assert _listening_sessions() == 0
+    assert listening_sessions() == 0
     _send(2)  # sent while it is idle: found by the next poll
     wait_for(lambda: Call.objects.count() == 5, timeout=60)
     worker.signal(signal.SIGTERM)
@@ -98,7 +89,7 @@ def test_no_listen_drains_by_polling_alone(worker_process):
 def test_a_listening_worker_is_seen_listening(worker_process):
     # The other side of the test above: the check for a LISTEN session can see one.
     worker = worker_process("--poll-interval", "30")
-    wait_for(lambda: _listening_sessions() == 1, timeout=60)
+    wait_for(lambda: listening_sessions() == 1, timeout=60)
     _send(1)
     wait_for(lambda: Call.objects.count() == 1, timeout=10)  # woken by NOTIFY, not the 30 s poll
     worker.signal(signal.SIGTERM)
