@@ -133,7 +133,7 @@ $(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
 bench: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --pg $(BENCH_PG)
 	@echo "Relay (django-q2) beside in-process dispatch, events/s:"
-	$(MAKE) bench-relay BENCH_RELAY_ARGS="$(or $(BENCH_RELAY_ARGS),--events 2000 --runs 3)"
+	$(MAKE) bench-relay BENCH_RELAY_ARGS="$(or $(BENCH_RELAY_ARGS),--events 1000 --runs 3)"
 
 # Prints the Python the benchmarks would use (empty when there is none).
 bench-python:
