@@ -63,11 +63,9 @@ CLAIM_POSTGRESQL = (
     f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
 )
 CLAIM_OTHER = f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN (SELECT id FROM {TABLE} WHERE {_DUE}) {_RETURNING}"
-#: Completion on PostgreSQL; parameters: finished_at, list of ids, token.
-COMPLETE_POSTGRESQL = (
-    f"UPDATE {TABLE} SET status = 'done', finished_at = %s, lease_token = NULL "
-    f"WHERE id = ANY(%s) AND lease_token = %s"
-)
+_COMPLETE = "status = 'done', finished_at = %s, lease_token = NULL"
+#: Completion on PostgreSQL, as _fenced_update() writes it; parameters: finished_at, ids, token.
+COMPLETE_POSTGRESQL = f"UPDATE {TABLE} SET {_COMPLETE} WHERE id = ANY(%s) AND lease_token = %s"
 
 
 @dataclass
@@ -193,23 +191,31 @@ def _ids(connection: Any, ids: Sequence[int]) -> tuple[str, list[Any]]:
     return f"id IN ({', '.join(['%s'] * len(ids))})", list(ids)
 
 
-def complete(alias: str, token: str, ids: Sequence[int]) -> int:
-    """Mark claimed events done in one statement. Fenced on the claim token: a row whose
-    lease was lost and reclaimed by another worker is left to that worker."""
+def _fenced_update(
+    alias: str, token: str, ids: Sequence[int], assignments: str, values: list[Any], condition: str = ""
+) -> int:
+    """UPDATE the rows among ``ids`` that ``token`` still holds; return how many.
+
+    The fence of every write a worker makes after its claim: a row whose lease was lost
+    and reclaimed by another worker carries another token and is left to that worker.
+    Served by the primary key.
+    """
     if not ids:
         return 0
     connection = connections[alias]
     test, id_params = _ids(connection, ids)
-    if connection.vendor == "postgresql":
-        sql = COMPLETE_POSTGRESQL
-    else:
-        sql = (
-            f"UPDATE {TABLE} SET status = 'done', finished_at = %s, lease_token = NULL "
-            f"WHERE {test} AND lease_token = %s"
-        )
+    values = [_adapt(connection, v) if isinstance(v, datetime.datetime) else v for v in values]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_adapt(connection, timezone.now()), *id_params, token])
+        cursor.execute(
+            f"UPDATE {TABLE} SET {assignments} WHERE {test} AND lease_token = %s{condition}",
+            [*values, *id_params, token],
+        )
         return cursor.rowcount
+
+
+def complete(alias: str, token: str, ids: Sequence[int]) -> int:
+    """Mark claimed events done in one statement, fenced on the claim token."""
+    return _fenced_update(alias, token, ids, _COMPLETE, [timezone.now()])
 
 
 def record_failure(
@@ -244,32 +250,14 @@ def record_failure(
 
 def release(alias: str, token: str, ids: Sequence[int]) -> int:
     """Hand claimed events that were never started back, due now, their attempt undone."""
-    if not ids:
-        return 0
-    connection = connections[alias]
-    test, id_params = _ids(connection, ids)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {TABLE} SET status = 'pending', available_at = %s, "
-            f"attempts = attempts - 1, lease_token = NULL WHERE {test} AND lease_token = %s",
-            [_adapt(connection, timezone.now()), *id_params, token],
-        )
-        return cursor.rowcount
+    assignments = "status = 'pending', available_at = %s, attempts = attempts - 1, lease_token = NULL"
+    return _fenced_update(alias, token, ids, assignments, [timezone.now()])
 
 
 def extend_lease(alias: str, token: str, ids: Sequence[int], lease_seconds: float) -> int:
     """Push the lease of events still in hand ``lease_seconds`` into the future."""
-    if not ids:
-        return 0
-    connection = connections[alias]
-    test, id_params = _ids(connection, ids)
     until = timezone.now() + datetime.timedelta(seconds=lease_seconds)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {TABLE} SET available_at = %s WHERE {test} AND lease_token = %s AND status = 'running'",
-            [_adapt(connection, until), *id_params, token],
-        )
-        return cursor.rowcount
+    return _fenced_update(alias, token, ids, "available_at = %s", [until], " AND status = 'running'")
 
 
 #: Statuses that pruning may delete: never pending or running, whose work is not done.

@@ -247,3 +247,18 @@ def test_an_idle_worker_honours_a_positive_conn_max_age(monkeypatch):
     monkeypatch.setattr(connection, "close_at", 0.0)
     _close_broken_or_expired()
     assert connection.connection is None
+
+
+def test_the_benchmark_floor_runs_the_completion_the_worker_runs():
+    sent = []
+
+    def remember(execute, sql, params, many, context):
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    pinged.send(sender="x")
+    token, rows = queries.claim("default", 10, 60, "w")
+    with connection.execute_wrapper(remember):
+        assert queries.complete("default", token, [r.id for r in rows]) == 1
+    if connection.vendor == "postgresql":
+        assert sent == [queries.COMPLETE_POSTGRESQL]
