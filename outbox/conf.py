@@ -1,7 +1,8 @@
 """Settings for django-signal-outbox: one accessor, every default in one place.
 
-Users configure the app with one ``OUTBOX`` dict in their Django settings. Each value is
-read at call time, so ``override_settings(OUTBOX={...})`` works in tests.
+Users configure the app with one ``OUTBOX`` dict in their Django settings. The dict is
+looked up once and again whenever Django's ``setting_changed`` signal names it, so
+``override_settings(OUTBOX={...})`` and pytest-django's ``settings`` fixture work in tests.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
 __all__ = ["DEFAULTS", "settings"]
 
@@ -60,11 +62,22 @@ DEFAULTS: dict[str, Any] = {
 class Settings:
     """Attribute access to the ``OUTBOX`` setting, falling back to :data:`DEFAULTS`."""
 
+    def __init__(self) -> None:
+        self._user: dict[str, Any] | None = None
+
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"outbox has no setting {name!r}")
-        user = getattr(django_settings, "OUTBOX", None) or {}
+        user = self._user
+        if user is None:
+            # Cached: the send path reads settings on every signal (profiled with bench/).
+            user = self._user = getattr(django_settings, "OUTBOX", None) or {}
         return user.get(name, DEFAULTS[name])
+
+    def reload(self, **kwargs: Any) -> None:
+        """Forget the cached ``OUTBOX`` dict; connected to ``setting_changed``."""
+        if kwargs.get("setting", "OUTBOX") == "OUTBOX":
+            self._user = None
 
     @property
     def database(self) -> str:
@@ -81,3 +94,4 @@ class Settings:
 
 
 settings = Settings()
+setting_changed.connect(settings.reload, weak=False, dispatch_uid="outbox.conf.reload")

@@ -167,9 +167,13 @@ def encode_payload(sender: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# One encoder for every send: json.dumps() with options builds a new one on each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(payload: dict[str, Any], limit: int | None = None) -> str:
     """Serialize an encoded payload, refusing one larger than ``limit`` bytes."""
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = _ENCODER.encode(payload)
     if limit is not None and len(text) > limit // 4 and len(text.encode()) > limit:
         raise PayloadTooLarge(
             f"the encoded arguments take {len(text.encode())} bytes, more than "

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import RequestFactory
 
 import outbox
 from outbox.models import Event
-from tests.conftest import calls
+from tests.conftest import calls, postgres_only
 from tests.testapp.models import Person, Sample
 from tests.testapp.signals import followed
 
@@ -197,3 +197,30 @@ def test_user_logged_in_can_be_deferred_with_its_request(drain):
         assert kwargs["request"].META["HTTP_USER_AGENT"] == "pytest"
     finally:
         outbox.disconnect(user_logged_in, here._remember_login)
+
+
+# Strings that stress how the row's values are quoted into the INSERT (queries.py).
+AWKWARD = ["it's", "''", "\\", "\\'", "%s", "%(x)s", "{}", "naïve 日本 🎉", "\n\t\r", "E'x'", "$$", "--"]
+
+
+def test_awkward_strings_arrive_intact(people, drain):
+    ada, bob = people
+    with transaction.atomic():
+        followed.send(sender=ada, followed=bob, notes=AWKWARD, **{"it's": "key"})
+    assert drain() == 1
+    [(_, _, kwargs)] = calls("on_followed")
+    assert kwargs["notes"] == AWKWARD
+    assert kwargs["it's"] == "key"
+
+
+@postgres_only
+@pytest.mark.parametrize("conforming", ["on", "off"])
+def test_awkward_strings_arrive_intact_whatever_standard_conforming_strings_says(people, drain, conforming):
+    ada, bob = people
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL standard_conforming_strings = {conforming}")
+        followed.send(sender=ada, followed=bob, notes=AWKWARD)
+        followed.send(sender=ada, followed=bob, notes=AWKWARD[::-1])
+    assert drain() == 2
+    assert [kwargs["notes"] for _, _, kwargs in calls("on_followed")] == [AWKWARD, AWKWARD[::-1]]
