@@ -1,7 +1,8 @@
 """PostgreSQL LISTEN on a dedicated autocommit psycopg 3 connection.
 
 A notification is only a wake-up: the worker always re-queries the table, so a lost or
-coalesced notification costs at most one poll interval, never an event.
+coalesced notification costs at most one poll interval, never an event. Senders notify
+only while a worker is armed (see "waking workers" in :mod:`outbox.queries`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 from typing import Any
 
 from django.db import connections
+
+from . import queries
 
 __all__ = ["Listener", "can_listen"]
 
@@ -39,7 +42,35 @@ class Listener:
         params["autocommit"] = True
         self.connection = psycopg.connect(**params)
         self.connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        waiting, sending = queries.wake_locks(channel)
+        self._waiting = {"class": waiting[0], "key": waiting[1]}
+        self._sending = {"class": sending[0], "key": sending[1]}
+        self.armed = False
         logger.debug("listening on channel %r of database %r", channel, alias)
+
+    def arm(self) -> bool:
+        """Ask senders to notify from now on; True once none is in flight that might not.
+
+        Takes the shared "waiting" lock (kept until :meth:`disarm`), then tests the
+        "sending" lock. False means: a transaction that wrote events without notifying is
+        still open (or a sender is testing "waiting" this instant); look at the table again
+        soon rather than sleep. True means every such transaction has ended: one more
+        claim sees its events, and any later sender notifies.
+        """
+        if not self.armed:
+            (self.armed,) = self.connection.execute(
+                "SELECT pg_try_advisory_lock_shared(%(class)s, %(key)s)", self._waiting
+            ).fetchone()
+            if not self.armed:
+                return False
+        (clear,) = self.connection.execute(queries.NO_SENDER_IN_FLIGHT, self._sending).fetchone()
+        return bool(clear)
+
+    def disarm(self) -> None:
+        """Busy again: senders may stop notifying. Does nothing unless armed."""
+        if self.armed:
+            self.connection.execute("SELECT pg_advisory_unlock_shared(%(class)s, %(key)s)", self._waiting)
+            self.armed = False
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True if a notification arrived.
@@ -55,7 +86,7 @@ class Listener:
         return woke
 
     def close(self) -> None:
-        """Close the connection; never raises."""
+        """Close the connection, which releases its locks; never raises."""
         try:
             self.connection.close()
         except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,8 +96,9 @@ def _adapt(connection: Any, value: datetime.datetime) -> Any:
 def insert_event(alias: str, signal: str, receiver: str, payload: str, max_attempts: int) -> None:
     """Write one pending event on ``alias``, in whatever transaction is open there.
 
-    On PostgreSQL the first row of a transaction also issues ``pg_notify`` in the same
-    statement: one NOTIFY per transaction and no extra round trip.
+    On PostgreSQL the first row of a transaction also decides, in the same statement,
+    whether to ``pg_notify``: at most one NOTIFY per transaction, none when no worker
+    waits for one, and no extra round trip.
     """
     connection = connections[alias]
     now = timezone.now()
@@ -146,7 +148,8 @@ def _postgresql_insert(
     values = f"{head}{quoted}::jsonb, '{when}', '{when}')"
     if not notify:
         return values
-    return f"WITH e AS ({values} RETURNING 1) SELECT pg_notify({_channel(pg)}, '') FROM e"
+    channel = settings.NOTIFY_CHANNEL
+    return f"WITH e AS ({values} RETURNING 1) {_notify_if_waited(pg, channel)}"
 
 
 _heads: dict[tuple[str, str, int], str] = {}
@@ -166,15 +169,55 @@ def _insert_head(pg: Any, signal: str, receiver: str, max_attempts: int) -> str:
     return head
 
 
-def _channel(pg: Any) -> str:
-    channel = settings.NOTIFY_CHANNEL
-    quoted = _channels.get(channel)
-    if quoted is None:
-        quoted = _channels[channel] = _literal(pg, channel)
-    return quoted
+# --- waking workers (PostgreSQL) ------------------------------------------------------
+#
+# NOTIFY is only a wake-up, and it is not free: PostgreSQL serializes the commits of all
+# notifying transactions on one lock, which costs concurrent senders. So a transaction
+# notifies only when a worker may be asleep waiting for it, and two advisory locks per
+# channel make that decision safe:
+#
+# - "waiting": a worker holds it in shared mode on its LISTEN connection from the moment
+#   it means to sleep until it finds work again (outbox.listener.Listener.arm/disarm).
+# - "sending": each transaction that writes events holds it in shared mode from its first
+#   event to its end (transaction-level, so PostgreSQL releases it at commit or rollback).
+#
+# A transaction's first event takes "sending", then tests "waiting" with a momentary
+# exclusive try-lock: if that fails, a worker waits, and the statement notifies. A worker
+# about to sleep takes "waiting", then tests "sending" the same way: if that fails, a
+# transaction that may have decided not to notify is still open, so the worker looks
+# again shortly instead of sleeping. Either the sender sees the worker waiting and
+# notifies, or the worker sees the sender and does not sleep through its commit.
+# CASE fixes the order in which the lock functions run.
+
+_WAITING, _SENDING = 0x6F627877, 0x6F627873  # advisory lock class ids: "obxw" and "obxs"
 
 
-_channels: dict[str, str] = {}
+def wake_locks(channel: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The ("waiting", "sending") advisory lock keys, as (class id, key), of ``channel``."""
+    key = zlib.crc32(channel.encode()) - 2**31  # a signed 32-bit integer
+    return (_WAITING, key), (_SENDING, key)
+
+
+def _notify_if_waited(pg: Any, channel: str) -> str:
+    statement = _notify_statements.get(channel)
+    if statement is None:
+        (wclass, key), (sclass, _) = wake_locks(channel)
+        statement = _notify_statements[channel] = (
+            f"SELECT pg_notify({_literal(pg, channel)}, '') FROM e WHERE CASE "
+            f"WHEN NOT pg_try_advisory_xact_lock_shared({sclass}, {key}) THEN true "
+            f"WHEN pg_try_advisory_lock({wclass}, {key}) THEN NOT pg_advisory_unlock({wclass}, {key}) "
+            f"ELSE true END"
+        )
+    return statement
+
+
+_notify_statements: dict[str, str] = {}
+
+#: Run by a worker about to sleep, once it holds "waiting": true if no sender is in flight.
+NO_SENDER_IN_FLIGHT = (
+    "SELECT CASE WHEN pg_try_advisory_lock(%(class)s, %(key)s) "
+    "THEN pg_advisory_unlock(%(class)s, %(key)s) ELSE false END"
+)
 
 
 def _literal(pg: Any, value: str) -> str:

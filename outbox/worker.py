@@ -31,6 +31,10 @@ logger = logging.getLogger("outbox")
 # Longest a worker spends pruning at one visit, so events wait at most this long for it.
 _PRUNE_BUDGET_SECONDS = 1.0
 
+# Longest pause between looks at the table while a sender that did not notify is still in
+# its transaction (see Worker._idle).
+_SETTLE_MAX = 0.1
+
 # Errors that mean "the database went away", after which the worker reconnects.
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
@@ -67,6 +71,8 @@ class Worker:
         self.stopping = False
         self.processed = 0
         self._listener: Listener | None = None
+        self._settled = False  # armed, and a claim since then found nothing: may sleep
+        self._settle = 0.0  # the current pause while senders are in flight
         self._inflight: tuple[str, list[int]] = ("", [])
         self._heartbeat = threading.Event()
         self._signal_count = 0
@@ -121,10 +127,14 @@ class Worker:
             try:
                 if self.listen and self._listener is None:
                     self._listener = Listener(self.database, settings.NOTIFY_CHANNEL)
+                    self._settled = False
                 handled = self.run_batch()
                 failures = 0
                 self._maybe_prune()
                 if handled:
+                    if self._listener is not None:
+                        self._listener.disarm()  # busy: senders need not notify
+                    self._settled = False
                     continue
                 if self.once:
                     return
@@ -146,8 +156,26 @@ class Worker:
         connections[self.database].close()
 
     def _idle(self) -> None:
-        """Wait for a notification or the poll interval, whichever comes first."""
-        deadline = time.monotonic() + self.poll_interval
+        """After a claim that found nothing: wait for a notification or the poll interval.
+
+        A listening worker first arms its listener, so that senders notify it, and then
+        claims once more before it sleeps (events committed meanwhile). While a sender
+        that did not notify is still in its transaction, the worker looks again after a
+        short pause (1 ms, doubling up to _SETTLE_MAX) instead of sleeping through the
+        commit.
+        """
+        listener = self._listener
+        if listener is not None and not self._settled:
+            if listener.arm():
+                self._settled, self._settle = True, 0.0
+                return  # claim once more, then sleep
+            self._settle = min(_SETTLE_MAX, self.poll_interval, max(0.001, self._settle * 2))
+            listener.wait(self._settle)
+            return
+        self._wait(self.poll_interval)
+
+    def _wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
         while not self.stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

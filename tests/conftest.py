@@ -172,10 +172,18 @@ def wait_for(predicate, timeout=30.0, interval=0.02):
 
 
 def listening_sessions() -> int:
-    """PostgreSQL sessions on the test database that are waiting on LISTEN: one per worker."""
+    """PostgreSQL sessions on the test database waiting for a NOTIFY: one per idle worker.
+
+    A worker waiting on LISTEN holds the outbox's "waiting" advisory lock (queries.py).
+    """
+    from outbox.queries import wake_locks
+
+    (waiting_class, _), _ = wake_locks("outbox")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND query ILIKE 'LISTEN%%'"
+            "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE a.datname = current_database() AND l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = %s AND l.objsubid = 2",
+            [waiting_class],
         )
         return cursor.fetchone()[0]

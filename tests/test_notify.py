@@ -1,4 +1,6 @@
-"""PostgreSQL: one NOTIFY per transaction, folded into the first INSERT, never per row."""
+"""PostgreSQL: at most one NOTIFY per transaction, folded into the first INSERT, never per
+row, and none unless a worker waits for one; a worker never sleeps through a sender that
+decided not to notify."""
 
 from __future__ import annotations
 
@@ -46,16 +48,65 @@ def test_a_rolled_back_savepoint_takes_its_notify_with_it_so_the_next_send_notif
     assert len(notifying(ctx.captured_queries)) == 2
 
 
-def test_the_listener_hears_a_committed_send_and_not_a_rolled_back_one():
+@pytest.fixture
+def listener():
     listener = Listener("default", "outbox")
+    yield listener
+    listener.close()
+
+
+def test_the_listener_hears_a_committed_send_and_not_a_rolled_back_one(listener):
+    assert listener.arm() is True
+    with pytest.raises(ValueError), transaction.atomic():
+        pinged.send(sender="rolled back")
+        raise ValueError
+    assert listener.wait(0.3) is False
+    with transaction.atomic():
+        pinged.send(sender="committed")
+        assert listener.wait(0.1) is False  # not before the commit
+    assert listener.wait(5) is True
+
+
+def test_no_notify_reaches_a_listener_that_is_not_armed(listener):
+    with transaction.atomic():
+        pinged.send(sender="nobody waits")
+    assert listener.wait(0.5) is False
+
+
+def test_a_disarmed_listener_is_no_longer_notified(listener):
+    assert listener.arm() is True
+    listener.disarm()
+    pinged.send(sender="busy worker")
+    assert listener.wait(0.5) is False
+    assert listener.arm() is True
+    pinged.send(sender="idle worker")
+    assert listener.wait(5) is True
+
+
+def test_a_worker_does_not_settle_while_a_sender_that_did_not_notify_is_in_flight(listener):
+    with transaction.atomic():
+        pinged.send(sender="before the worker armed")  # nobody waits: no NOTIFY
+        assert listener.arm() is False  # this transaction may commit after the last claim
+        assert listener.armed  # but later senders notify it
+    assert listener.arm() is True
+    assert listener.wait(0.3) is False  # the commit sent nothing: the worker must look itself
+
+
+def test_a_sender_that_starts_after_the_worker_armed_notifies_it(listener):
+    assert listener.arm() is True
+    with transaction.atomic():
+        pinged.send(sender="after the worker armed")
+        assert listener.arm() is False  # in flight, but it will notify
+    assert listener.wait(5) is True
+
+
+def test_several_listeners_share_the_waiting_lock(listener):
+    other = Listener("default", "outbox")
     try:
-        with pytest.raises(ValueError), transaction.atomic():
-            pinged.send(sender="rolled back")
-            raise ValueError
-        assert listener.wait(0.3) is False
-        with transaction.atomic():
-            pinged.send(sender="committed")
-            assert listener.wait(0.1) is False  # not before the commit
+        assert listener.arm() is True
+        assert other.arm() is True
+        pinged.send(sender="both wait")
         assert listener.wait(5) is True
+        assert other.wait(5) is True
     finally:
-        listener.close()
+        other.close()

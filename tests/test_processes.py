@@ -83,6 +83,24 @@ def test_notify_wakes_an_idle_worker_within_a_second(worker_process):
     assert min(latencies) < 1.0 and sorted(latencies)[1] < 1.0, latencies
 
 
+@postgres_only
+def test_a_worker_does_not_sleep_through_a_sender_that_wrote_before_it_waited(worker_process):
+    """The event is written while no worker waits, so its transaction does not notify; the
+    worker starts with a 30 s poll, finds nothing committed, and must still run the event
+    soon after the commit rather than at its next poll."""
+    with transaction.atomic():
+        work.send(sender="test", key="early")
+        proc = worker_process("--poll-interval", "30", "-v", "2")
+        time.sleep(1.5)  # it claims, finds nothing, and cannot settle while we are open
+        assert not Call.objects.exists()
+    committed = time.monotonic()
+    wait_for(lambda: Call.objects.filter(key="early").exists(), timeout=40, interval=0.005)
+    latency = time.monotonic() - committed
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert latency < 2.0, latency
+
+
 def test_sigterm_exits_zero_and_leaves_nothing_running(worker_process):
     send_work(40, sleep=0.05)
     proc = worker_process("--batch-size", "20")
