@@ -81,11 +81,12 @@ class Claimed:
 
 
 def _notified_marker() -> None:
-    """Registered with on_commit once per transaction that has sent a NOTIFY.
+    """Registered with on_commit once per transaction whose first event has decided whether
+    to NOTIFY (and taken the "sending" lock: see "waking workers" below).
 
-    Its presence in ``connection.run_on_commit`` says "this transaction already notifies";
+    Its presence in ``connection.run_on_commit`` says "this transaction has decided";
     Django drops it when a savepoint that registered it rolls back, as PostgreSQL drops
-    that savepoint's NOTIFY, so the next send notifies again.
+    that savepoint's NOTIFY, so the next send decides again.
     """
 
 
