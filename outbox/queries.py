@@ -32,6 +32,7 @@ __all__ = [
     "delete_finished",
     "extend_lease",
     "insert_event",
+    "insert_events",
     "record_failure",
     "release",
     "take",
@@ -43,10 +44,9 @@ _COLUMNS = (
     "created_at, last_error, last_traceback"
 )
 
-# The values of a new event, in _COLUMNS order (PostgreSQL: see _postgresql_insert()).
-_VALUES = (
-    "%(signal)s, %(receiver)s, %(payload)s, 'pending', 0, %(max_attempts)s, %(now)s, '', %(now)s, '', ''"
-)
+# The values of a new event, in _COLUMNS order: signal, receiver, payload, max_attempts,
+# available_at, created_at (PostgreSQL: see _postgresql_insert()).
+_VALUES = "%s, %s, %s, 'pending', 0, %s, %s, '', %s, '', ''"
 
 # The claim, for PostgreSQL and for everything else. Module constants so that the
 # benchmark's raw psycopg floor runs exactly these statements.
@@ -94,26 +94,24 @@ def _adapt(connection: Any, value: datetime.datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def insert_event(alias: str, signal: str, receiver: str, payload: str, max_attempts: int) -> None:
-    """Write one pending event on ``alias``, in whatever transaction is open there.
+def insert_events(alias: str, signal: str, receivers: Sequence[tuple[str, int]], payload: str) -> None:
+    """Write one pending event per (receiver, max_attempts), all with this payload, in one
+    INSERT on ``alias``, in whatever transaction is open there.
 
-    On PostgreSQL the first row of a transaction also decides, in the same statement,
+    On PostgreSQL the first INSERT of a transaction also decides, in the same statement,
     whether to ``pg_notify``: at most one NOTIFY per transaction, none when no worker
     waits for one, and no extra round trip.
     """
     connection = connections[alias]
     now = timezone.now()
     if connection.vendor != "postgresql":
+        row, when = f"({_VALUES})", _adapt(connection, now)
+        params: list[Any] = []
+        for receiver, max_attempts in receivers:
+            params += [signal, receiver, payload, max_attempts, when, when]
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({_VALUES})",
-                {
-                    "signal": signal,
-                    "receiver": receiver,
-                    "payload": payload,
-                    "max_attempts": max_attempts,
-                    "now": _adapt(connection, now),
-                },
+                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join([row] * len(receivers))}", params
             )
         return
     notify = not (
@@ -121,24 +119,31 @@ def insert_event(alias: str, signal: str, receiver: str, payload: str, max_attem
         and any(func is _notified_marker for _, func, _ in connection.run_on_commit)
     )
     with connection.cursor() as cursor:
-        cursor.execute(
-            _postgresql_insert(cursor.cursor.connection, signal, receiver, payload, max_attempts, now, notify)
-        )
+        cursor.execute(_postgresql_insert(cursor.cursor.connection, signal, receivers, payload, now, notify))
     if notify and connection.in_atomic_block:
         connection.on_commit(_notified_marker)
 
 
+def insert_event(alias: str, signal: str, receiver: str, payload: str, max_attempts: int) -> None:
+    """Write one pending event: :func:`insert_events` for one receiver."""
+    insert_events(alias, signal, [(receiver, max_attempts)], payload)
+
+
 def _postgresql_insert(
-    pg: Any, signal: str, receiver: str, payload: str, max_attempts: int, now: datetime.datetime, notify: bool
+    pg: Any,
+    signal: str,
+    receivers: Sequence[tuple[str, int]],
+    payload: str,
+    now: datetime.datetime,
+    notify: bool,
 ) -> str:
     """The INSERT (with its NOTIFY) as one statement with its values written in as literals.
 
     This is what psycopg's client-side binding, Django's default, would send; building it
     here skips that machinery's per-call cost on the sender's hot path (measured with
-    ``bench/``). The constant part is built once per receiver and quoted by psycopg; the
-    payload is quoted on each call; the timestamp is ``isoformat()`` output.
+    ``bench/``). The constant part of each row is built once per receiver and quoted by
+    psycopg; the payload is quoted once per call; the timestamp is ``isoformat()`` output.
     """
-    head = _insert_head(pg, signal, receiver, int(max_attempts))
     when = now.isoformat()
     if pg.info.parameter_status("standard_conforming_strings") == "on":
         # The SQL-standard literal, quotes doubled; backslashes are plain characters and
@@ -146,26 +151,32 @@ def _postgresql_insert(
         quoted = "'" + payload.replace("'", "''") + "'"
     else:
         quoted = _literal(pg, payload)
-    values = f"{head}{quoted}::jsonb, '{when}', '{when}')"
+    tail = f"{quoted}::jsonb, '{when}', '{when}')"
+    rows = ", ".join(
+        _row_head(pg, signal, receiver, int(max_attempts)) + tail for receiver, max_attempts in receivers
+    )
+    values = f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {rows}"
     if not notify:
         return values
     channel = settings.NOTIFY_CHANNEL
     return f"WITH e AS ({values} RETURNING 1) {_notify_if_waited(pg, channel)}"
 
 
-_heads: dict[tuple[str, str, int], str] = {}
+_POSTGRESQL_COLUMNS = (
+    "signal, receiver, status, attempts, max_attempts, worker, last_error, last_traceback, payload, "
+    "available_at, created_at"
+)
+_row_heads: dict[tuple[str, str, int], str] = {}
 
 
-def _insert_head(pg: Any, signal: str, receiver: str, max_attempts: int) -> str:
+def _row_head(pg: Any, signal: str, receiver: str, max_attempts: int) -> str:
     # Shared by every connection: signal and receiver names are dotted Python names,
     # whose quoted form does not depend on the connection's settings.
     key = (signal, receiver, max_attempts)
-    head = _heads.get(key)
+    head = _row_heads.get(key)
     if head is None:
-        head = _heads[key] = (
-            f"INSERT INTO {TABLE} (signal, receiver, status, attempts, max_attempts, worker, last_error, "
-            f"last_traceback, payload, available_at, created_at) VALUES ({_literal(pg, signal)}, "
-            f"{_literal(pg, receiver)}, 'pending', 0, {max_attempts}, '', '', '', "
+        head = _row_heads[key] = (
+            f"({_literal(pg, signal)}, {_literal(pg, receiver)}, 'pending', 0, {max_attempts}, '', '', '', "
         )
     return head
 
@@ -200,11 +211,13 @@ def wake_locks(channel: str) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def _notify_if_waited(pg: Any, channel: str) -> str:
+    """The end of the first INSERT's statement (``e``): NOTIFY if a worker waits, testing
+    the locks once however many rows the INSERT writes."""
     statement = _notify_statements.get(channel)
     if statement is None:
         (wclass, key), (sclass, _) = wake_locks(channel)
         statement = _notify_statements[channel] = (
-            f"SELECT pg_notify({_literal(pg, channel)}, '') FROM e WHERE CASE "
+            f"SELECT pg_notify({_literal(pg, channel)}, '') FROM (SELECT FROM e LIMIT 1) AS first WHERE CASE "
             f"WHEN NOT pg_try_advisory_xact_lock_shared({sclass}, {key}) THEN true "
             f"WHEN pg_try_advisory_lock({wclass}, {key}) THEN NOT pg_advisory_unlock({wclass}, {key}) "
             f"ELSE true END"

@@ -1,7 +1,8 @@
 """The registry of receivers connected through the outbox, and the proxies that defer them.
 
 ``connect()`` does not hand the user's function to the signal. It connects a small proxy:
-for ``delivery="outbox"`` the proxy writes one event row in the sender's transaction; for
+for ``delivery="outbox"`` one proxy per signal and sender writes the event rows of all the
+deferred receivers connected there, in one statement in the sender's transaction; for
 ``delivery="on_commit"`` it schedules the call with ``transaction.on_commit``. The worker
 finds receivers and signals here by name, so only what this process registered can run.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 
 from django.db import transaction
 from django.dispatch import Signal
+from django.dispatch.dispatcher import _make_id
 
 from . import queries, serialization
 from .conf import settings
@@ -45,6 +48,11 @@ class Registry:
         self.receivers: dict[str, ReceiverSpec] = {}
         self.signals: dict[str, Signal] = {}
         self._names: weakref.WeakKeyDictionary[Signal, str] = weakref.WeakKeyDictionary()
+        # The proxy of each signal and sender that has deferred receivers.
+        self._lock = threading.Lock()
+        self._groups: weakref.WeakKeyDictionary[Signal, dict[Any, _DeferToOutbox]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def signal_name(self, signal: Signal) -> str:
         """The dotted path of the module attribute that defines ``signal``."""
@@ -57,6 +65,37 @@ class Registry:
             self._names[signal] = name
             self.signals[name] = signal
         return name
+
+    def defer(self, signal: Signal, sender: Any, uid: Any, spec: ReceiverSpec) -> None:
+        """Add a deferred receiver to the proxy of ``signal`` for ``sender``, connecting the
+        proxy on first use. Like ``Signal.connect()``, a second ``uid`` is ignored."""
+        with self._lock:
+            proxies = self._groups.setdefault(signal, {})
+            key = _make_id(sender)
+            proxy = proxies.get(key)
+            if proxy is None:
+                proxy = proxies[key] = _DeferToOutbox(self.signal_name(signal))
+                signal.connect(proxy, sender=sender, weak=False, dispatch_uid=_DeferToOutbox.UID)
+            if uid not in proxy.specs:
+                proxy.specs = {**proxy.specs, uid: spec}  # replaced, never mutated: sends read it
+
+    def forget(self, signal: Signal, sender: Any, uid: Any) -> bool:
+        """Drop one deferred receiver of ``signal`` for ``sender``; True if it was there.
+
+        The proxy is disconnected with its last receiver, so ``has_listeners()`` is false
+        again. The receiver stays registered by path: rows already written still run.
+        """
+        with self._lock:
+            proxies = self._groups.get(signal, {})
+            key = _make_id(sender)
+            proxy = proxies.get(key)
+            if proxy is None or uid not in proxy.specs:
+                return False
+            proxy.specs = {k: v for k, v in proxy.specs.items() if k != uid}
+            if not proxy.specs:
+                signal.disconnect(sender=sender, dispatch_uid=_DeferToOutbox.UID)
+                del proxies[key]
+            return True
 
     def add_receiver(self, spec: ReceiverSpec) -> None:
         old = self.receivers.get(spec.path)
@@ -146,25 +185,36 @@ def get_signal(name: str) -> Signal | None:
 
 
 class _DeferToOutbox:
-    """Connected to the signal in place of a deferred receiver: writes its event row."""
+    """Connected to a signal, once per sender, in place of its deferred receivers.
 
-    def __init__(self, spec: ReceiverSpec, signal_name: str) -> None:
-        self.spec = spec
+    A send encodes the arguments once and writes one row per receiver, in the order they
+    were connected, in one INSERT (queries.insert_events).
+    """
+
+    #: The dispatch_uid of every proxy: Django keeps one per signal and sender.
+    UID = ("outbox", "proxy", "deferred")  # user uids are ("outbox", uid): never equal
+
+    def __init__(self, signal_name: str) -> None:
         self.signal_name = signal_name
+        self.specs: dict[Any, ReceiverSpec] = {}  # by the receiver's dispatch_uid
 
     def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
+        specs = self.specs.values()
+        if not specs:
+            return
         try:
             payload = serialization.dumps(
                 serialization.encode_payload(sender, kwargs), settings.MAX_PAYLOAD_BYTES
             )
         except SerializationError as exc:
-            raise type(exc)(f"cannot defer {self.spec.path} for signal {self.signal_name}: {exc}") from None
-        queries.insert_event(
+            names = ", ".join(spec.path for spec in specs)
+            raise type(exc)(f"cannot defer {names} for signal {self.signal_name}: {exc}") from None
+        default = settings.MAX_ATTEMPTS
+        queries.insert_events(
             _database(kwargs),
             self.signal_name,
-            self.spec.path,
+            [(spec.path, spec.max_attempts or default) for spec in specs],
             payload,
-            self.spec.max_attempts or settings.MAX_ATTEMPTS,
         )
 
 
@@ -232,14 +282,14 @@ def connect(
     if delivery == "outbox":
         spec = ReceiverSpec(receiver_path(func), func, max_attempts, timeout)
         registry.add_receiver(spec)
+    uid = _uid(func, dispatch_uid, delivery)
     for one in _signals(signal):
         if not isinstance(one, Signal):
             raise RegistrationError(f"{one!r} is not a django.dispatch.Signal")
         if delivery == "outbox":
-            proxy: Callable[..., Any] = _DeferToOutbox(spec, registry.signal_name(one))
+            registry.defer(one, sender, uid, spec)
         else:
-            proxy = _RunOnCommit(func)
-        one.connect(proxy, sender=sender, weak=False, dispatch_uid=_uid(func, dispatch_uid, delivery))
+            one.connect(_RunOnCommit(func), sender=sender, weak=False, dispatch_uid=uid)
 
 
 def disconnect(
@@ -260,7 +310,10 @@ def disconnect(
     uid = _uid(func, dispatch_uid, delivery)
     disconnected = False
     for one in _signals(signal):
-        disconnected = one.disconnect(sender=sender, dispatch_uid=uid) or disconnected
+        if delivery == "outbox":
+            disconnected = registry.forget(one, sender, uid) or disconnected
+        else:
+            disconnected = one.disconnect(sender=sender, dispatch_uid=uid) or disconnected
     return disconnected
 
 

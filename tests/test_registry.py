@@ -5,10 +5,14 @@ from __future__ import annotations
 import functools
 
 import pytest
+from django.db import connection
+from django.db.models import Max
 from django.db.models.signals import post_save
 from django.dispatch import Signal
+from django.test.utils import CaptureQueriesContext
 
 import outbox
+from outbox.models import Event
 from outbox.registry import get_receiver, get_signal, registry
 from tests.testapp import receivers
 from tests.testapp.signals import followed, pinged
@@ -65,14 +69,71 @@ def test_a_second_function_claiming_the_same_path_is_refused_naming_both():
         outbox.disconnect(pinged, module_level, dispatch_uid="one")
 
 
+def rows_per_send(signal, **kwargs):
+    """The receivers of the rows one send of ``signal`` writes, in id order."""
+    before = Event.objects.aggregate(last=Max("id"))["last"] or 0
+    signal.send(**{"sender": "test", **kwargs})
+    return list(Event.objects.filter(id__gt=before).order_by("id").values_list("receiver", flat=True))
+
+
+MODULE_LEVEL = f"{__name__}.module_level"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_connecting_the_same_receiver_twice_is_idempotent():
-    before = len(followed.receivers)
     outbox.connect(followed, module_level)
     outbox.connect(followed, module_level)
-    assert len(followed.receivers) == before + 1
-    assert outbox.disconnect(followed, module_level)
-    assert len(followed.receivers) == before
+    try:
+        assert rows_per_send(followed).count(MODULE_LEVEL) == 1
+    finally:
+        assert outbox.disconnect(followed, module_level)
+    assert MODULE_LEVEL not in rows_per_send(followed)
     assert not outbox.disconnect(followed, module_level)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_deferred_receivers_of_a_send_are_written_by_one_insert_in_connection_order():
+    lone = Signal()
+    globals()["lone_signal"] = lone
+    try:
+        outbox.connect(lone, module_level)
+        outbox.connect(lone, receivers.on_followed, dispatch_uid="second")
+        outbox.connect(lone, receivers.record, dispatch_uid="third")
+        with CaptureQueriesContext(connection) as queries:
+            assert rows_per_send(lone, key="k") == [
+                MODULE_LEVEL,
+                "tests.testapp.receivers.on_followed",
+                "tests.testapp.receivers.record",
+            ]
+        inserts = [q for q in queries.captured_queries if "INSERT INTO outbox_event" in q["sql"]]
+        assert len(inserts) == 1
+        assert len(lone.receivers) == 1  # one proxy for the three
+        assert outbox.disconnect(lone, receivers.on_followed, dispatch_uid="second")
+        assert rows_per_send(lone, key="k") == [MODULE_LEVEL, "tests.testapp.receivers.record"]
+        assert outbox.disconnect(lone, module_level)
+        assert outbox.disconnect(lone, receivers.record, dispatch_uid="third")
+        assert not lone.has_listeners("test")  # the last disconnect takes the proxy away
+        assert rows_per_send(lone) == []
+    finally:
+        del globals()["lone_signal"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_receiver_connected_for_one_sender_gets_rows_only_for_that_sender():
+    lone = Signal()
+    globals()["per_sender_signal"] = lone
+    try:
+        outbox.connect(lone, module_level)
+        outbox.connect(lone, receivers.on_followed, sender="a")
+        assert rows_per_send(lone, sender="a") == [MODULE_LEVEL, "tests.testapp.receivers.on_followed"]
+        assert rows_per_send(lone, sender="b") == [MODULE_LEVEL]
+        assert outbox.disconnect(lone, receivers.on_followed, sender="a")
+        assert not outbox.disconnect(lone, receivers.on_followed)  # not connected for every sender
+        assert lone.has_listeners("b")
+        assert outbox.disconnect(lone, module_level)
+        assert not lone.has_listeners("b")
+    finally:
+        del globals()["per_sender_signal"]
 
 
 def test_one_function_on_several_signals_and_senders():
