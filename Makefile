@@ -139,5 +139,10 @@ bench: $(BENCH_VENV)/.installed postgres-up
 bench-python:
 	@echo $(BENCH_PYTHON)
 
+# The write path taken apart, one client, in-process (after `make bench` made its databases).
+.PHONY: bench-sendpath
+bench-sendpath: $(BENCH_VENV)/.installed postgres-up
+	BENCH_DATABASE_URL=$(BENCH_PG)_ours $(BENCH_PY) -m bench.sendpath
+
 bench-smoke: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --smoke --pg $(BENCH_PG)_smoke

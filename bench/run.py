@@ -161,6 +161,12 @@ class Bench:
         }[system]
         self.sql(system, f"TRUNCATE {tables}, benchapp_item RESTART IDENTITY CASCADE")
         self.sql(system, "VACUUM ANALYZE")
+        self.checkpoint(system)
+
+    def checkpoint(self, system: str) -> None:
+        """Flush what earlier steps wrote, so that no measurement shares the machine with a
+        checkpoint they set off (1,000,000 seeded rows write enough WAL to start one)."""
+        self.sql(system, "CHECKPOINT")
 
     def pending_query(self, system: str) -> str:
         """A cheap test: is any job still waiting or running?"""
@@ -373,6 +379,7 @@ class Bench:
             [count],
         )
         self.sql("ours", "VACUUM ANALYZE outbox_event")
+        self.checkpoint("ours")
 
     def drains(self) -> None:
         n = self.sizes["drain_n"]
