@@ -137,7 +137,7 @@ def _postgresql_insert(
     now: datetime.datetime,
     notify: bool,
 ) -> str:
-    """The INSERT (with its NOTIFY) as one statement with its values written in as literals.
+    """The INSERT (deciding on its NOTIFY) as one statement, values written in as literals.
 
     This is what psycopg's client-side binding, Django's default, would send; building it
     here skips that machinery's per-call cost on the sender's hot path (measured with
@@ -152,18 +152,17 @@ def _postgresql_insert(
     else:
         quoted = _literal(pg, payload)
     tail = f"{quoted}::jsonb, '{when}', '{when}')"
-    rows = ", ".join(
-        _row_head(pg, signal, receiver, int(max_attempts)) + tail for receiver, max_attempts in receivers
-    )
-    values = f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {rows}"
-    if not notify:
-        return values
-    channel = settings.NOTIFY_CHANNEL
-    return f"WITH e AS ({values} RETURNING 1) {_notify_if_waited(pg, channel)}"
+    rows: list[str] = []
+    for receiver, max_attempts in receivers:
+        # last_error is ''. In the first row of a transaction's first INSERT, the expression
+        # that decides whether to NOTIFY (and does) computes it: cheaper than a CTE.
+        last_error = _wake(pg) if notify and not rows else "''"
+        rows.append(f"{_row_head(pg, signal, receiver, int(max_attempts))}{last_error}, {tail}")
+    return f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {', '.join(rows)}"
 
 
 _POSTGRESQL_COLUMNS = (
-    "signal, receiver, status, attempts, max_attempts, worker, last_error, last_traceback, payload, "
+    "signal, receiver, status, attempts, max_attempts, worker, last_traceback, last_error, payload, "
     "available_at, created_at"
 )
 _row_heads: dict[tuple[str, str, int], str] = {}
@@ -176,7 +175,7 @@ def _row_head(pg: Any, signal: str, receiver: str, max_attempts: int) -> str:
     head = _row_heads.get(key)
     if head is None:
         head = _row_heads[key] = (
-            f"({_literal(pg, signal)}, {_literal(pg, receiver)}, 'pending', 0, {max_attempts}, '', '', '', "
+            f"({_literal(pg, signal)}, {_literal(pg, receiver)}, 'pending', 0, {max_attempts}, '', '', "
         )
     return head
 
@@ -199,7 +198,6 @@ def _row_head(pg: Any, signal: str, receiver: str, max_attempts: int) -> str:
 # transaction that may have decided not to notify is still open, so the worker looks
 # again shortly instead of sleeping. Either the sender sees the worker waiting and
 # notifies, or the worker sees the sender and does not sleep through its commit.
-# CASE fixes the order in which the lock functions run.
 
 _WAITING, _SENDING = 0x6F627877, 0x6F627873  # advisory lock class ids: "obxw" and "obxs"
 
@@ -210,22 +208,22 @@ def wake_locks(channel: str) -> tuple[tuple[int, int], tuple[int, int]]:
     return (_WAITING, key), (_SENDING, key)
 
 
-def _notify_if_waited(pg: Any, channel: str) -> str:
-    """The end of the first INSERT's statement (``e``): NOTIFY if a worker waits, testing
-    the locks once however many rows the INSERT writes."""
-    statement = _notify_statements.get(channel)
-    if statement is None:
+def _wake(pg: Any) -> str:
+    """An expression worth ``''`` that NOTIFYs if a worker waits; CASE fixes the order in
+    which its lock functions run."""
+    channel = settings.NOTIFY_CHANNEL
+    expression = _wakes.get(channel)
+    if expression is None:
         (wclass, key), (sclass, _) = wake_locks(channel)
-        statement = _notify_statements[channel] = (
-            f"SELECT pg_notify({_literal(pg, channel)}, '') FROM (SELECT FROM e LIMIT 1) AS first WHERE CASE "
-            f"WHEN NOT pg_try_advisory_xact_lock_shared({sclass}, {key}) THEN true "
+        expression = _wakes[channel] = (
+            f"CASE WHEN CASE WHEN NOT pg_try_advisory_xact_lock_shared({sclass}, {key}) THEN true "
             f"WHEN pg_try_advisory_lock({wclass}, {key}) THEN NOT pg_advisory_unlock({wclass}, {key}) "
-            f"ELSE true END"
+            f"ELSE true END THEN pg_notify({_literal(pg, channel)}, '')::text ELSE '' END"
         )
-    return statement
+    return expression
 
 
-_notify_statements: dict[str, str] = {}
+_wakes: dict[str, str] = {}
 
 #: Run by a worker about to sleep, once it holds "waiting": true if no sender is in flight.
 NO_SENDER_IN_FLIGHT = (

@@ -26,7 +26,7 @@ def test_a_transaction_sends_one_notify_however_many_rows_it_writes():
     inserts = [q for q in ctx.captured_queries if q["sql"].lstrip().upper().startswith(("INSERT", "WITH"))]
     assert len(inserts) == 5
     assert len(notifying(ctx.captured_queries)) == 1
-    assert notifying(ctx.captured_queries)[0].startswith("WITH e AS (INSERT")
+    assert notifying(ctx.captured_queries)[0].startswith("INSERT INTO outbox_event")
 
 
 def test_each_autocommit_send_notifies():
