@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -91,11 +92,19 @@ def test_connecting_the_same_receiver_twice_is_idempotent():
     assert not outbox.disconnect(followed, module_level)
 
 
+@contextlib.contextmanager
+def module_signal(name):
+    """A new signal, defined as an attribute of this module (signals are named where defined)."""
+    globals()[name] = signal = Signal()
+    try:
+        yield signal
+    finally:
+        del globals()[name]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_deferred_receivers_of_a_send_are_written_by_one_insert_in_connection_order():
-    lone = Signal()
-    globals()["lone_signal"] = lone
-    try:
+    with module_signal("lone_signal") as lone:
         outbox.connect(lone, module_level)
         outbox.connect(lone, receivers.on_followed, dispatch_uid="second")
         outbox.connect(lone, receivers.record, dispatch_uid="third")
@@ -114,15 +123,11 @@ def test_the_deferred_receivers_of_a_send_are_written_by_one_insert_in_connectio
         assert outbox.disconnect(lone, receivers.record, dispatch_uid="third")
         assert not lone.has_listeners("test")  # the last disconnect takes the proxy away
         assert rows_per_send(lone) == []
-    finally:
-        del globals()["lone_signal"]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_receiver_connected_for_one_sender_gets_rows_only_for_that_sender():
-    lone = Signal()
-    globals()["per_sender_signal"] = lone
-    try:
+    with module_signal("per_sender_signal") as lone:
         outbox.connect(lone, module_level)
         outbox.connect(lone, receivers.on_followed, sender="a")
         assert rows_per_send(lone, sender="a") == [MODULE_LEVEL, "tests.testapp.receivers.on_followed"]
@@ -132,21 +137,15 @@ def test_a_receiver_connected_for_one_sender_gets_rows_only_for_that_sender():
         assert lone.has_listeners("b")
         assert outbox.disconnect(lone, module_level)
         assert not lone.has_listeners("b")
-    finally:
-        del globals()["per_sender_signal"]
 
 
 def test_one_function_on_several_signals_and_senders():
-    other = Signal()
-    globals()["other_signal"] = other  # signals must be module-level attributes to be named
-    try:
+    with module_signal("other_signal") as other:
         outbox.connect([followed, other], module_level)
         outbox.connect(followed, module_level, sender="a", dispatch_uid="for-a")
         assert get_signal(f"{__name__}.other_signal") is other
         assert outbox.disconnect([followed, other], module_level)
         assert outbox.disconnect(followed, sender="a", dispatch_uid="for-a")
-    finally:
-        del globals()["other_signal"]
 
 
 def test_a_signal_that_is_not_a_module_attribute_is_refused():
