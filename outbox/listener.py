@@ -58,9 +58,7 @@ class Listener:
         claim sees its events, and any later sender notifies.
         """
         if not self.armed:
-            (self.armed,) = self.connection.execute(
-                "SELECT pg_try_advisory_lock_shared(%(class)s, %(key)s)", self._waiting
-            ).fetchone()
+            (self.armed,) = self.connection.execute(queries.ARM, self._waiting).fetchone()
             if not self.armed:
                 return False
         (clear,) = self.connection.execute(queries.NO_SENDER_IN_FLIGHT, self._sending).fetchone()
@@ -69,7 +67,7 @@ class Listener:
     def disarm(self) -> None:
         """Busy again: senders may stop notifying. Does nothing unless armed."""
         if self.armed:
-            self.connection.execute("SELECT pg_advisory_unlock_shared(%(class)s, %(key)s)", self._waiting)
+            self.connection.execute(queries.DISARM, self._waiting)
             self.armed = False
 
     def wait(self, timeout: float) -> bool:

@@ -225,6 +225,10 @@ def _wake(pg: Any) -> str:
 
 _wakes: dict[str, str] = {}
 
+#: Run by a worker about to sleep (parameters: the "waiting" lock): true if it now holds it.
+ARM = "SELECT pg_try_advisory_lock_shared(%(class)s, %(key)s)"
+#: Run by a worker that found work (the "waiting" lock): senders may stop notifying it.
+DISARM = "SELECT pg_advisory_unlock_shared(%(class)s, %(key)s)"
 #: Run by a worker about to sleep, once it holds "waiting": true if no sender is in flight.
 NO_SENDER_IN_FLIGHT = (
     "SELECT CASE WHEN pg_try_advisory_lock(%(class)s, %(key)s) "
