@@ -168,26 +168,22 @@ class Bench:
         checkpoint they set off (1,000,000 seeded rows write enough WAL to start one)."""
         self.sql(system, "CHECKPOINT")
 
-    def pending_query(self, system: str) -> str:
-        """A cheap test: is any job still waiting or running?"""
-        where = {
+    def _unfinished(self, system: str) -> str:
+        """FROM ... WHERE: the system's jobs still waiting or running."""
+        return {
             "ours": "outbox_event WHERE status IN ('pending', 'running')",
             "q2": "django_q_ormq",
             "tasksdb": f"{self.tasks_table} WHERE status IN ('READY', 'RUNNING')",
             "procrastinate": "procrastinate_jobs WHERE status IN ('todo', 'doing')",
             "pgqueuer": "pgqueuer",
         }[DB_OF.get(system, system)]
-        return f"SELECT EXISTS (SELECT 1 FROM {where})"
+
+    def pending_query(self, system: str) -> str:
+        """A cheap test: is any job still waiting or running?"""
+        return f"SELECT EXISTS (SELECT 1 FROM {self._unfinished(system)})"
 
     def remaining(self, system: str) -> int:
-        query = {
-            "ours": "SELECT count(*) FROM outbox_event WHERE status IN ('pending', 'running')",
-            "q2": "SELECT count(*) FROM django_q_ormq",
-            "tasksdb": f"SELECT count(*) FROM {self.tasks_table} WHERE status IN ('READY', 'RUNNING')",
-            "procrastinate": "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')",
-            "pgqueuer": "SELECT count(*) FROM pgqueuer",
-        }[DB_OF.get(system, system)]
-        return self.sql(system, query)[0][0]
+        return self.sql(system, f"SELECT count(*) FROM {self._unfinished(system)}")[0][0]
 
     # --- worker processes ------------------------------------------------------------
 
