@@ -23,7 +23,7 @@ from django.db import DatabaseError, connections
 
 from .exceptions import OutboxError
 
-__all__ = ["TransactionLeftOpen", "in_transaction", "open_transactions", "roll_back_left_open"]
+__all__ = ["TransactionLeftOpen", "discard", "in_transaction", "open_transactions", "roll_back_left_open"]
 
 logger = logging.getLogger("outbox")
 
