@@ -52,11 +52,6 @@ class UnreadableTime(Func):
         template = f"CASE WHEN NOT ({_IN_RANGE}) THEN CAST(%(expressions)s AS text) END"
         return self.as_sql(compiler, connection, template=template, **extra)
 
-    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
-        if extra.get("template", self.template) == "NULL":
-            return "NULL", []
-        return super().as_sql(compiler, connection, **extra)
-
 
 def readable(queryset: QuerySet[Any]) -> QuerySet[Any]:
     """Events whose timestamps are read through :func:`time_of` and whose payload is not
