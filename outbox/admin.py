@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
@@ -26,14 +28,15 @@ from django.utils.dateformat import format as date_format
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.utils.text import smart_split, unescape_string_literal
-from django.utils.timezone import localtime
+from django.utils.timezone import is_aware, localtime
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import admin_filters as filters
-from . import operations, stats
+from . import admin_log, operations, stats
 from .models import Event
+from .readable import payload_of, readable, time_of
 from .serialization import TAG
 
 __all__ = ["EventAdmin"]
@@ -46,6 +49,9 @@ _REFUSALS = {
 }
 #: References listed on the detail page; a payload naming more shows only the first.
 _MAX_REFS = 50
+#: The largest primary key a bigint holds: "#" followed by more finds no event.
+_MAX_ID = 2**63 - 1
+_ID = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²", which int() refuses
 
 
 def _model_refs(value: Any, where: str, depth: int = 0) -> list[tuple[str, dict[str, Any]]]:
@@ -76,8 +82,19 @@ def _short(path: str) -> str:
     return format_html('<span title="{}">{}</span>', path, ".".join(path.rsplit(".", 2)[-2:]))
 
 
-def _when(value: datetime.datetime | None) -> str:
-    return date_format(localtime(value), "Y-m-d H:i:s") if value else "-"
+def _when(value: datetime.datetime | str | None) -> str:
+    """A time in the current time zone; naive ones (``USE_TZ = False``) as they are, and the
+    database's text of a time Python cannot hold (``-infinity``) as that text."""
+    if not value:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return date_format(localtime(value) if is_aware(value) else value, "Y-m-d H:i:s")
+
+
+def _event_id(text: str) -> int | None:
+    """The event id ``text`` spells in ASCII digits, if a bigint holds it."""
+    return int(text) if _ID.fullmatch(text) and int(text) <= _MAX_ID else None
 
 
 @admin.register(Event)
@@ -112,7 +129,15 @@ class EventAdmin(admin.ModelAdmin):
         (None, {"fields": ("id", "status_badge", "signal", "receiver", "references")}),
         (
             _("Attempts"),
-            {"fields": ("attempts_display", "available_at", "worker", "created_at", "finished_at")},
+            {
+                "fields": (
+                    "attempts_display",
+                    "available_at_display",
+                    "worker",
+                    "created_at_display",
+                    "finished_at_display",
+                )
+            },
         ),
         (_("Last error"), {"fields": ("last_error", "traceback")}),
         (_("Payload"), {"fields": ("payload_json",)}),
@@ -139,6 +164,17 @@ class EventAdmin(admin.ModelAdmin):
     def has_discard_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
         return request.user.has_perm("outbox.discard_event")
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Event]:
+        # Timestamps and payload read so that no value in a row can fail the page: an
+        # operator must be able to open and discard the row that breaks everything else.
+        return readable(super().get_queryset(request))
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Event | None:
+        # An id beyond a bigint is no event (Django 4.2 would raise OverflowError on SQLite).
+        if from_field is None and _event_id(object_id) is None:
+            return None
+        return super().get_object(request, object_id, from_field)
+
     # --- columns ------------------------------------------------------------------------
 
     @admin.display(description=_("status"))
@@ -161,15 +197,27 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("created"), ordering="id")
     def created(self, obj: Event) -> str:
-        return _when(obj.created_at)
+        return _when(time_of(obj, "created_at"))
 
     @admin.display(description=_("next attempt"))
     def next_attempt(self, obj: Event) -> str:
-        return _when(obj.available_at) if obj.status == S.PENDING else "-"
+        return _when(time_of(obj, "available_at")) if obj.status == S.PENDING else "-"
 
     @admin.display(description=_("finished"))
     def finished(self, obj: Event) -> str:
-        return _when(obj.finished_at)
+        return _when(time_of(obj, "finished_at"))
+
+    @admin.display(description=_("created at"))
+    def created_at_display(self, obj: Event) -> str:
+        return _when(time_of(obj, "created_at"))
+
+    @admin.display(description=_("available at (next attempt while pending, lease expiry while running)"))
+    def available_at_display(self, obj: Event) -> str:
+        return _when(time_of(obj, "available_at"))
+
+    @admin.display(description=_("finished at"))
+    def finished_at_display(self, obj: Event) -> str:
+        return _when(time_of(obj, "finished_at"))
 
     @admin.display(description=_("last error"))
     def error_line(self, obj: Event) -> str:
@@ -186,16 +234,27 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("payload"))
     def payload_json(self, obj: Event) -> str:
-        text = json.dumps(obj.payload, indent=2, ensure_ascii=False, sort_keys=True)
-        return format_html('<pre class="outbox-pre">{}</pre>', text)
+        payload = payload_of(obj)
+        if not payload.too_deep:
+            try:
+                text = json.dumps(payload.value, indent=2, ensure_ascii=False, sort_keys=True)
+                return format_html('<pre class="outbox-pre">{}</pre>', text)
+            except RecursionError:  # the pure-Python encoder that indent= needs nests deeper
+                pass
+        return format_html(
+            '<p class="outbox-too-deep">{}</p><pre class="outbox-pre">{}</pre>',
+            _("The payload cannot be displayed: nested too deeply for Python. As stored:"),
+            payload.text,
+        )
 
     @admin.display(description=_("references"))
     def references(self, obj: Event) -> str:
         """Model instances and classes named in the payload, linked to their admin pages.
 
-        Built from the payload alone (label and primary key): no query, no import."""
+        Built from the payload alone (label and primary key): no import, and no query but
+        the one that reads the payload's text."""
         items = []
-        for where, ref in _model_refs(obj.payload, "payload"):
+        for where, ref in _model_refs(payload_of(obj).value, "payload"):
             text = f"{ref['label']} #{_pk(ref)}" if ref[TAG] == "model" else ref["label"]
             url = self._admin_url(ref)
             items.append((where, format_html('<a href="{}">{}</a>', url, text) if url else text))
@@ -206,7 +265,9 @@ class EventAdmin(admin.ModelAdmin):
             app_label, model_name = ref["label"].lower().split(".")
             if ref[TAG] == "modelclass":
                 return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_changelist")
-            return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_change", args=[_pk(ref)])
+            # Quoted as Django's admin quotes keys in its URLs: "/" and "?" in a text key
+            # would otherwise make the link point elsewhere ("../../logout").
+            return reverse(f"{self.admin_site.name}:{app_label}_{model_name}_change", args=[quote(_pk(ref))])
         except (NoReverseMatch, ValueError, AttributeError):
             return None
 
@@ -221,9 +282,9 @@ class EventAdmin(admin.ModelAdmin):
         for bit in smart_split(search_term):
             if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
                 bit = unescape_string_literal(bit)
-            number = bit.removeprefix("#")
-            if bit.startswith("#") and number.isdigit() and len(number) < 19:
-                queryset = queryset.filter(pk=int(number))  # "#123": that event, by its key
+            number = _event_id(bit.removeprefix("#"))
+            if bit.startswith("#") and number is not None:
+                queryset = queryset.filter(pk=number)  # "#123": that event, by its key
                 continue
             match = (
                 Q(receiver__icontains=bit)
@@ -231,8 +292,8 @@ class EventAdmin(admin.ModelAdmin):
                 | Q(last_error__icontains=bit)
                 | Q(payload_text__icontains=bit)
             )
-            if number.isdigit() and len(number) < 19:
-                match |= Q(pk=int(number))
+            if number is not None:
+                match |= Q(pk=number)
             queryset = queryset.filter(match)
         return queryset, False
 
@@ -267,7 +328,30 @@ class EventAdmin(admin.ModelAdmin):
     def discard(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
         if not self.has_discard_permission(request):
             raise PermissionDenied
-        self._report(request, operations.discard(queryset), _("discarded"))
+        self._discard(request, queryset)
+
+    def _discard(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+        logged = admin_log.select(queryset, operations.DISCARDABLE)
+        result = operations.discard(queryset)
+        self._log(request, logged, result, _("Discarded"))
+        self._report(request, result, _("discarded"))
+
+    def _log(
+        self,
+        request: HttpRequest,
+        logged: admin_log.Selection,
+        result: operations.ActionResult,
+        verb: str,
+        outcome: str = "",
+    ) -> None:
+        admin_log.write(
+            request.user.pk,
+            logged,
+            changed=result.changed,
+            selected=result.selected,
+            verb=verb,
+            outcome=outcome,
+        )
 
     def _replay(
         self, request: HttpRequest, queryset: QuerySet[Event], hidden: list[tuple[str, Any]], cancel_url: str
@@ -286,7 +370,10 @@ class EventAdmin(admin.ModelAdmin):
                     "cancel_url": cancel_url,
                 }
                 return TemplateResponse(request, "admin/outbox/event/replay_confirmation.html", context)
+        # Read before the UPDATE: afterwards a replayed event no longer matches "failed".
+        logged = admin_log.select(queryset, operations.replayable(include_done=include_done == "yes"))
         result = operations.replay(queryset, include_done=include_done == "yes")
+        self._log(request, logged, result, _("Replayed"), _("due now"))
         self._report(request, result, _("replayed: due now"))
         return None
 
@@ -361,5 +448,5 @@ class EventAdmin(admin.ModelAdmin):
     def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if not self.has_discard_permission(request):
             raise PermissionDenied
-        self._report(request, operations.discard(self._one(request, object_id)), _("discarded"))
+        self._discard(request, self._one(request, object_id))
         return HttpResponseRedirect(self._change_url(object_id))

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from .models import Event
 
-__all__ = ["ActionResult", "discard", "replay", "select_events"]
+__all__ = ["ActionResult", "discard", "replay", "replayable", "select_events"]
 
 S = Event.Status
 #: Events in these states may be replayed without confirmation.
@@ -89,6 +89,11 @@ def select_events(
     return queryset
 
 
+def replayable(*, include_done: bool = False) -> tuple[str, ...]:
+    """The statuses :func:`replay` changes: with ``include_done``, ``done`` too."""
+    return (*REPLAYABLE, S.DONE) if include_done else REPLAYABLE
+
+
 def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bool = False) -> ActionResult:
     """Make events due now, with their attempts reset; the last error is kept for reference.
 
@@ -96,7 +101,7 @@ def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bo
     events are refused unless ``include_done`` is true, since that runs their receiver again.
     With ``dry_run``, only counts what would change.
     """
-    allowed = (*REPLAYABLE, S.DONE) if include_done else REPLAYABLE
+    allowed = replayable(include_done=include_done)
     selected, refused = _by_status(queryset, allowed)
     if dry_run:
         return ActionResult(sum(selected.values()), refused, selected, dry_run=True)

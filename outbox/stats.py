@@ -16,11 +16,12 @@ from typing import Any
 
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, QuerySet
 from django.utils import timezone
 from django.utils.functional import cached_property
 
 from .models import Event
+from .readable import ReadableTime, UnreadableTime
 
 __all__ = ["ESTIMATE_ABOVE", "EstimatedCountPaginator", "Summary", "count", "summary"]
 
@@ -71,6 +72,8 @@ class Summary:
     counts: dict[str, int] = field(default_factory=dict)
     estimated: set[str] = field(default_factory=set)
     oldest_due: datetime.datetime | None = None
+    #: The database's text of the oldest due time when Python cannot hold it (``-infinity``).
+    oldest_due_text: str = ""
 
     @property
     def oldest_due_age(self) -> datetime.timedelta | None:
@@ -98,10 +101,13 @@ def summary(queryset: QuerySet[Event] | None = None) -> Summary:
         if estimated:
             result.estimated.add(status)
     # Due: what a worker would claim now. Served by outbox_event_due in available_at order.
-    result.oldest_due = (
+    # Read so that '-infinity' (PostgreSQL) is text, not a DataError that breaks the page.
+    oldest = (
         events.filter(status__in=[S.PENDING, S.RUNNING], available_at__lte=timezone.now())
         .order_by("available_at")
-        .values_list("available_at", flat=True)
+        .values_list(ReadableTime(F("available_at")), UnreadableTime(F("available_at")))
         .first()
     )
+    if oldest:
+        result.oldest_due, result.oldest_due_text = oldest[0], oldest[1] or ""
     return result

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.db import connections
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from .models import Event
+from .readable import ReadableTime, UnreadableTime
 
 __all__ = ["RATE_WINDOWS", "Report", "Thresholds", "collect"]
 
@@ -50,9 +51,11 @@ class Report:
     database: str
     vendor: str
     now: datetime.datetime
-    #: Seconds the oldest due event has waited past its due time (0 when none is due).
+    #: Seconds the oldest due event has waited past its due time (0 when none is due);
+    #: from the start of year 1 for an event due at a time before it (``-infinity``).
     lag_seconds: float
-    oldest_due_at: datetime.datetime | None
+    #: A string when Python cannot hold the time: the database's text (``-infinity``).
+    oldest_due_at: datetime.datetime | str | None
     due: int
     #: Events by status; ``done`` is None unless counted.
     by_status: dict[str, int | None]
@@ -127,7 +130,13 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
     events = Event.objects.using(database)
     active = events.filter(status__in=[S.PENDING, S.RUNNING])
     due = active.filter(available_at__lte=now)
-    oldest = due.order_by("available_at", "id").values_list("available_at", flat=True).first()
+    # '-infinity' (PostgreSQL) is read as text, not as a DataError that stops the report.
+    oldest, oldest_text = due.order_by("available_at", "id").values_list(
+        ReadableTime(F("available_at")), UnreadableTime(F("available_at"))
+    ).first() or (None, None)
+    if oldest_text:
+        # Due before year 1: count its wait from there, a lag beyond any threshold.
+        oldest = datetime.datetime.min.replace(tzinfo=now.tzinfo)
 
     by_status: dict[str, int | None] = dict.fromkeys(S.values, 0)
     by_receiver: dict[str, dict[str, int]] = {}
@@ -153,7 +162,7 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
         vendor=connections[database].vendor,
         now=now,
         lag_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
-        oldest_due_at=oldest,
+        oldest_due_at=oldest_text or oldest,
         due=due.count(),
         by_status=by_status,
         by_receiver=dict(sorted(by_receiver.items())),

@@ -7,19 +7,22 @@ import datetime
 import re
 
 import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.admin.utils import quote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from outbox import stats
+from outbox import admin_log, stats
 from outbox.models import Event
 from outbox.serialization import encode_payload
 from tests.conftest import postgres_only
-from tests.testapp.models import Person, Sample
+from tests.testapp.models import Keyed, Person, Sample
+from tests.testapp.signals import pinged
 
 pytestmark = pytest.mark.django_db
 
@@ -410,3 +413,155 @@ def test_the_changelist_marks_estimated_counts_on_a_big_table(operator, monkeypa
     html = page.content.decode()
     assert re.search(r"outbox-done\">done</span>\s*≈", html)
     assert re.search(r"<span title=\"An estimate[^\"]*\">≈</span> \d+ outbox events", html)
+
+
+# --- rows the pages must show whatever the settings and the data ----------------------------
+
+
+@override_settings(USE_TZ=False)
+def test_with_use_tz_false_the_changelist_and_detail_page_show_events_written_in_that_mode(operator):
+    pinged.send(sender="admin", n=1)  # a real send: its times are naive, as USE_TZ=False writes them
+    [event] = Event.objects.all()
+    assert timezone.is_naive(event.created_at)
+    page = operator.get(CHANGELIST)
+    assert page.status_code == 200
+    assert event.created_at.strftime("%Y-%m-%d %H:%M") in page.content.decode()
+    detail = operator.get(change_url(event))
+    assert detail.status_code == 200
+    assert "tests.testapp.receivers.flaky" in detail.content.decode()
+    replayed = operator.post(reverse("admin:outbox_event_discard", args=[event.pk]), follow=True)
+    assert replayed.status_code == 200 and Event.objects.get().status == S.DISCARDED
+
+
+def write_raw(event, assignment, *params):
+    """Set columns of one row by SQL, as a hand-written fix or another program might."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE outbox_event SET {assignment} WHERE id = %s", [*params, event.pk])
+
+
+def deeply_nested():
+    """JSON nested deeper than Python's json module can read (it raises RecursionError).
+
+    SQLite's JSON_VALID check refuses more than 1,000 levels (2,000 before 3.45)."""
+    depth = 5000 if connection.vendor == "postgresql" else 1000
+    return "[" * depth + "]" * depth
+
+
+def test_a_payload_nested_too_deeply_for_python_is_shown_as_text_and_can_be_discarded(operator):
+    [event] = make_events(1)
+    write_raw(
+        event,
+        "payload = " + ("CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"),
+        deeply_nested(),
+    )
+    assert operator.get(CHANGELIST).status_code == 200
+    assert operator.get(CHANGELIST, {"q": "mail"}).status_code == 200
+    detail = operator.get(change_url(event))
+    assert detail.status_code == 200
+    html = detail.content.decode()
+    assert "cannot be displayed: nested too deeply" in html
+    assert "[[[[[[[[" in html
+    response = operator.post(reverse("admin:outbox_event_discard", args=[event.pk]), follow=True)
+    assert "1 event discarded." in messages_of(response)
+    assert statuses() == {event.pk: S.DISCARDED}
+
+
+@postgres_only
+def test_timestamps_python_cannot_hold_are_shown_as_postgresql_writes_them_and_discard_works(operator):
+    due_forever, finished_never = make_events(2)
+    write_raw(due_forever, "status = 'pending', available_at = '-infinity', finished_at = NULL")
+    write_raw(finished_never, "created_at = '-infinity', finished_at = 'infinity'")
+    page = operator.get(CHANGELIST)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert html.count(">-infinity<") == 2 and html.count(">infinity<") == 1
+    assert "oldest due event due at -infinity" in html
+    for event in (due_forever, finished_never):
+        detail = operator.get(change_url(event))
+        assert detail.status_code == 200
+        assert "infinity" in detail.content.decode()
+        response = operator.post(reverse("admin:outbox_event_discard", args=[event.pk]), follow=True)
+        assert "1 event discarded." in messages_of(response)
+    assert set(statuses().values()) == {S.DISCARDED}
+
+
+@pytest.mark.parametrize(
+    "term", ["²", "#²", "#١٢", "12²", "#99999999999999999999", "99999999999999999999", "#9223372036854775808"]
+)
+def test_searching_for_what_is_no_event_id_finds_nothing_without_an_error(operator, term):
+    # "²" and "١٢" pass str.isdigit() but not int(); the long ones are beyond a bigint.
+    make_events(2)
+    page = operator.get(CHANGELIST, {"q": term})
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list) == []
+
+
+def test_search_by_hash_id_finds_an_event_whose_id_has_nineteen_digits(operator):
+    [event] = make_events(1, id=9_223_372_036_854_775_807)  # the largest bigint
+    make_events(1, id=1_000_000_000_000_000_000)
+    found = operator.get(CHANGELIST, {"q": f"#{event.pk}"}).context["cl"].result_list
+    assert [e.pk for e in found] == [event.pk]
+
+
+def test_pages_and_buttons_for_an_id_beyond_a_bigint_find_nothing(operator):
+    make_events(1)
+    huge = "99999999999999999999"
+    assert operator.get(reverse("admin:outbox_event_change", args=[huge])).status_code in (302, 404)
+    for name in ("replay", "discard"):
+        assert operator.post(reverse(f"admin:outbox_event_{name}", args=[huge])).status_code == 404
+
+
+def test_reference_links_quote_text_primary_keys_as_the_django_admin_does(operator, admin_client):
+    keyed = Keyed.objects.create(key="../../../../logout_?next=/a")
+    [event] = make_events(1, payload=encode_payload(keyed, {}))
+    html = operator.get(change_url(event)).content.decode()
+    url = reverse("admin:testapp_keyed_change", args=[quote(keyed.pk)])
+    assert url.startswith("/admin/testapp/keyed/") and "/../" not in url and "?" not in url
+    assert f'<a href="{url}">testapp.Keyed #../../../../logout_?next=/a</a>' in html
+    assert admin_client.get(url).context["original"] == keyed  # the link opens that object
+
+
+def history(client, event):
+    return client.get(reverse("admin:outbox_event_history", args=[event.pk])).content.decode()
+
+
+def test_the_history_page_of_an_event_replayed_or_discarded_by_its_buttons_names_user_and_action(operator):
+    replayed, discarded = make_events(2)
+    operator.post(reverse("admin:outbox_event_replay", args=[replayed.pk]))
+    operator.post(reverse("admin:outbox_event_discard", args=[discarded.pk]))
+    page = history(operator, replayed)
+    assert "operator" in page and "Replayed (was failed): due now." in page
+    page = history(operator, discarded)
+    assert "operator" in page and "Discarded (was failed)." in page
+    assert LogEntry.objects.count() == 2
+
+
+def test_a_bulk_action_logs_each_event_up_to_a_limit_then_one_summary_in_two_inserts(operator, monkeypatch):
+    monkeypatch.setattr(admin_log, "LOG_EACH_UP_TO", 5)
+    events = make_events(12)
+    make_events(2, status=S.RUNNING)  # refused: not logged
+    with CaptureQueriesContext(connection) as queries:
+        response = action(operator, "replay", events[:1], across=True, query="?status__exact=failed")
+    assert "12 events replayed: due now." in messages_of(response)
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "django_admin_log"')]
+    assert len(inserts) == 2  # one bulk INSERT of the entries, one summary
+    assert LogEntry.objects.count() == 6
+    logged = {int(pk) for pk in LogEntry.objects.exclude(object_id=None).values_list("object_id", flat=True)}
+    assert len(logged) == 5 and logged <= {e.pk for e in events}
+    summary = LogEntry.objects.get(object_id=None)
+    assert summary.get_change_message() == "Replayed 7 more events (was failed): due now."
+    assert "Replayed (was failed): due now." in history(operator, Event(pk=min(logged)))
+    unlogged = next(e for e in events if e.pk not in logged)
+    assert "Replayed" not in history(operator, unlogged)
+
+
+def test_a_bulk_action_within_the_limit_logs_every_event_in_one_insert(operator):
+    events = make_events(30)
+    with CaptureQueriesContext(connection) as queries:
+        action(operator, "discard", events)
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "django_admin_log"')]
+    assert len(inserts) == 1
+    assert sorted(int(pk) for pk in LogEntry.objects.values_list("object_id", flat=True)) == sorted(
+        e.pk for e in events
+    )
+    assert set(LogEntry.objects.values_list("user__username", flat=True)) == {"operator"}

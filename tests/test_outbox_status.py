@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -233,3 +234,45 @@ def test_status_replay_and_prune_read_indexes_not_the_whole_table_of_done_events
     for sql, plan in plans.items():
         assert not _reads_whole_table(plan), f"{sql}\n{plan}"
     assert Event.objects.filter(status="done").count() == 50_000 - 1000  # one batch pruned
+
+
+@override_settings(USE_TZ=False)
+def test_with_use_tz_false_reports_events_written_in_that_mode():
+    late, _ = ping(2)
+    Event.objects.filter(pk=late).update(available_at=timezone.now() - datetime.timedelta(seconds=90))
+    assert timezone.is_naive(Event.objects.get(pk=late).available_at)
+    report = status()
+    assert 89 < report["lag_seconds"] < 100
+    assert report["by_status"]["pending"] == 2
+    text = run("outbox_status")
+    assert text.code == 0, text.err
+    assert "lag: 9" in text.out and "oldest due since " in text.out
+
+
+def test_a_payload_nested_too_deeply_for_python_does_not_break_the_report():
+    [event] = ping(1)
+    depth = 5000 if connection.vendor == "postgresql" else 1000  # SQLite refuses deeper
+    cast = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE outbox_event SET payload = {cast} WHERE id = %s", ["[" * depth + "]" * depth, event]
+        )
+    for args in ((), ("--json",), ("--count-done",)):
+        result = run("outbox_status", *args)
+        assert result.code == 0, result.err
+    assert status()["by_status"]["pending"] == 1
+
+
+@postgres_only
+def test_an_event_due_at_minus_infinity_is_reported_as_such_not_as_a_traceback():
+    [event, _] = ping(2)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE outbox_event SET available_at = '-infinity' WHERE id = %s", [event])
+    report = status()
+    assert report["oldest_due_at"] == "-infinity"
+    assert report["due"] == 2
+    assert report["lag_seconds"] > 2000 * 365 * 86400  # waiting since year 1 at least
+    text = run("outbox_status")
+    assert text.code == 0, text.err
+    assert "oldest due since -infinity" in text.out
+    assert run("outbox_status", "--max-lag", "60").code == 3

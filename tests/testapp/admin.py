@@ -1,7 +1,8 @@
-"""An admin for Person, so that the outbox admin can link payload references to it."""
+"""Admins for Person and Keyed, so that the outbox admin can link payload references to them."""
 
 from django.contrib import admin
 
-from .models import Person
+from .models import Keyed, Person
 
 admin.site.register(Person)
+admin.site.register(Keyed)

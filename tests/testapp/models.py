@@ -39,3 +39,12 @@ class Call(models.Model):
 
     def __str__(self):
         return f"{self.receiver}({self.key})"
+
+
+class Keyed(models.Model):
+    """A model whose primary key is text, for admin links to keys holding "/", ".." or "?"."""
+
+    key = models.CharField(primary_key=True, max_length=100)
+
+    def __str__(self):
+        return self.key

@@ -7,6 +7,7 @@ was passed; 1 the outbox could not be read (database down, unknown alias); 2 bad
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from typing import Any
 
@@ -71,7 +72,10 @@ def _text(report: Report) -> str:
     windows = " / ".join(str(n) for n in report.done_in_last_minutes.values())
     rates = " / ".join(f"{r:.2f}" for r in report.rates.values())
     minutes = "/".join(str(m) for m in report.done_in_last_minutes)
-    oldest = f" (oldest due since {report.oldest_due_at:%Y-%m-%d %H:%M:%S})" if report.oldest_due_at else ""
+    when = report.oldest_due_at
+    if isinstance(when, datetime.datetime):
+        when = f"{when:%Y-%m-%d %H:%M:%S}"
+    oldest = f" (oldest due since {when})" if when else ""
     lines = [
         f"outbox on database {report.database!r} ({report.vendor}) at {report.now:%Y-%m-%d %H:%M:%S %Z}",
         f"lag: {report.lag_seconds:.1f}s{oldest}; due now: {report.due}",
