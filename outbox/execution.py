@@ -69,6 +69,11 @@ def run_claimed(
     Failures are recorded as they happen (fenced on ``token``); successes are only listed in
     ``outcome.done``: the caller marks them done in one statement.
     """
+    # Logging is decided once per batch: at thousands of events a second, even the
+    # level test adds up, and a line per event at INFO would flood the log.
+    info, debug = logger.isEnabledFor(logging.INFO), logger.isEnabledFor(logging.DEBUG)
+    began = time.perf_counter()
+    started_before, done_before = outcome.started, len(outcome.done)
     decoder = PayloadDecoder()
     payloads = [_parse(row.payload) for row in rows]
     for payload in payloads:
@@ -77,8 +82,21 @@ def run_claimed(
         if should_stop():
             break
         outcome.started += 1
+        started = time.perf_counter() if debug else 0.0
         if _run_one(database, token, row, payload, decoder):
             outcome.done.append(row.id)
+            if debug:
+                elapsed = (time.perf_counter() - started) * 1000
+                logger.debug(
+                    "event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts
+                )
+    if info:
+        ran, done = outcome.started - started_before, len(outcome.done) - done_before
+        left = f", {len(rows) - ran} handed back" if ran < len(rows) else ""
+        elapsed = (time.perf_counter() - began) * 1000
+        logger.info(
+            "batch of %d events: %d done, %d failed in %.1f ms%s", ran, done, ran - done, elapsed, left
+        )
     return outcome
 
 
@@ -117,9 +135,6 @@ def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, deco
         # worker's: recorded and retried like any other, and the batch goes on.
         _record_failure(database, token, row, exc, started, permanent=False)
         return False
-    if logger.isEnabledFor(logging.INFO):
-        elapsed = (time.perf_counter() - started) * 1000
-        logger.info("event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts)
     return True
 
 
