@@ -16,11 +16,9 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from django.db import connections
-from django.utils import timezone
 
 from . import queries
 from .conf import settings
@@ -143,11 +141,11 @@ def _record_failure(
 ) -> None:
     error = f"{type(exc).__qualname__}: {exc}"
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    retry_at = None
+    retry_in = None
     if not permanent and row.attempts < row.max_attempts:
-        retry_at = timezone.now() + timedelta(seconds=backoff_delay(row.attempts))
-    queries.record_failure(database, token, row.id, error[:10000], trace, retry_at)
-    outcome = "failed for good" if retry_at is None else f"failed, retry at {retry_at:%H:%M:%S}"
+        retry_in = backoff_delay(row.attempts)
+    queries.record_failure(database, token, row.id, error[:10000], trace, retry_in)
+    outcome = "failed for good" if retry_in is None else f"failed, retry in {retry_in:.1f}s"
     logger.warning(
         "event %d %s %s in %.1f ms (attempt %d/%d): %s",
         row.id,
