@@ -50,10 +50,10 @@ checks: venv
 	cd example && ../$(PY) manage.py check --fail-level WARNING
 	cd example && ../$(PY) manage.py makemigrations --check --dry-run
 
-test-sqlite: venv chromium
+test-sqlite: venv chromium faketime
 	DATABASE_URL=$(SQLITE_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-postgres: venv chromium postgres-up
+test-postgres: venv chromium faketime postgres-up
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Relay throughput (django-q2) beside in-process dispatch; see bench/relay.py for options.
@@ -94,6 +94,14 @@ chaos: venv postgres-up
 	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4 --calm
 	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4
 	$(PY) -m tests.scale --database-url $(CHAOS_URL) --events 200000
+
+# The clock-skew tests (tests/test_clock_skew.py) run workers under Debian's libfaketime.
+.PHONY: faketime
+FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+faketime:
+	@test -e $(FAKETIME_LIB) || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q faketime; }
 
 # --- the admin (issue 4) -------------------------------------------------------------------
 # Playwright drives Debian's Chromium in the browser tests; never a browser download.

@@ -6,7 +6,6 @@ what the worker could reach. The SQL is imported from outbox/queries.py, not cop
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ import psycopg
 from outbox.queries import CLAIM_POSTGRESQL, COMPLETE_POSTGRESQL
 
 BATCH_SIZE = 100  # outbox's default BATCH_SIZE
-LEASE = datetime.timedelta(seconds=60)
+LEASE_SECONDS = 60.0
 
 
 def main(dsn: str) -> None:
@@ -31,15 +30,14 @@ def main(dsn: str) -> None:
     # burst of rows the benchmark inserts.
     with psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
         while not stopping:
-            now = datetime.datetime.now(datetime.timezone.utc)
             token = uuid.uuid4().hex
-            params = {"token": token, "until": now + LEASE, "now": now, "limit": BATCH_SIZE, "worker": worker}
+            params = {"token": token, "lease": LEASE_SECONDS, "limit": BATCH_SIZE, "worker": worker}
             rows = conn.execute(CLAIM_POSTGRESQL, params).fetchall()
             if not rows:
                 time.sleep(0.05)
                 continue
             ids = [row[0] for row in rows]
-            conn.execute(COMPLETE_POSTGRESQL, [datetime.datetime.now(datetime.timezone.utc), ids, token])
+            conn.execute(COMPLETE_POSTGRESQL, [ids, token])
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from django.db import connections
-from django.utils import timezone
 
 from . import queries
 from .conf import settings
@@ -70,6 +68,11 @@ def run_claimed(
     Failures are recorded as they happen (fenced on ``token``); successes are only listed in
     ``outcome.done``: the caller marks them done in one statement.
     """
+    # Logging is decided once per batch: at thousands of events a second, even the
+    # level test adds up, and a line per event at INFO would flood the log.
+    info, debug = logger.isEnabledFor(logging.INFO), logger.isEnabledFor(logging.DEBUG)
+    began = time.perf_counter()
+    started_before, done_before = outcome.started, len(outcome.done)
     decoder = PayloadDecoder()
     payloads = [_parse(row.payload) for row in rows]
     for payload in payloads:
@@ -78,8 +81,21 @@ def run_claimed(
         if should_stop():
             break
         outcome.started += 1
+        started = time.perf_counter() if debug else 0.0
         if _run_one(database, token, row, payload, decoder):
             outcome.done.append(row.id)
+            if debug:
+                elapsed = (time.perf_counter() - started) * 1000
+                logger.debug(
+                    "event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts
+                )
+    if info:
+        ran, done = outcome.started - started_before, len(outcome.done) - done_before
+        left = f", {len(rows) - ran} handed back" if ran < len(rows) else ""
+        elapsed = (time.perf_counter() - began) * 1000
+        logger.info(
+            "batch of %d events: %d done, %d failed in %.1f ms%s", ran, done, ran - done, elapsed, left
+        )
     return outcome
 
 
@@ -111,9 +127,6 @@ def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, deco
     if failure is not None:
         _record_failure(database, token, row, failure, started, permanent=False)
         return False
-    if logger.isEnabledFor(logging.INFO):
-        elapsed = (time.perf_counter() - started) * 1000
-        logger.info("event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts)
     return True
 
 
@@ -166,11 +179,11 @@ def _record_failure(
 ) -> None:
     error = _error_text(exc)[:10000]
     trace = _traceback_text(exc)
-    retry_at = None
+    retry_in = None
     if not permanent and row.attempts < row.max_attempts:
-        retry_at = timezone.now() + timedelta(seconds=backoff_delay(row.attempts))
-    queries.record_failure(database, token, row.id, error, trace, retry_at)
-    outcome = "failed for good" if retry_at is None else f"failed, retry at {retry_at:%H:%M:%S}"
+        retry_in = backoff_delay(row.attempts)
+    queries.record_failure(database, token, row.id, error, trace, retry_in)
+    outcome = "failed for good" if retry_in is None else f"failed, retry in {retry_in:.1f}s"
     logger.warning(
         "event %d %s %s in %.1f ms (attempt %d/%d): %s",
         row.id,

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.db.models import Count, Q, QuerySet
-from django.utils import timezone
 
+from . import queries
 from .models import Event
 
 __all__ = ["ActionResult", "discard", "replay", "replayable", "select_events"]
@@ -111,7 +111,8 @@ def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bo
         .update(
             status=S.PENDING,
             attempts=0,
-            available_at=timezone.now(),
+            # Due by the clock the worker claims with (the database's on PostgreSQL).
+            available_at=queries.database_now(queryset.db),
             lease_token=None,
             finished_at=None,
         )
@@ -130,6 +131,6 @@ def discard(queryset: QuerySet[Event], *, dry_run: bool = False) -> ActionResult
     changed = (
         queryset.filter(status__in=DISCARDABLE)
         .order_by()
-        .update(status=S.DISCARDED, lease_token=None, finished_at=timezone.now())
+        .update(status=S.DISCARDED, lease_token=None, finished_at=queries.database_now(queryset.db))
     )
     return ActionResult(changed, refused, selected)

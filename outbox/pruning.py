@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from django.db.models import Count, Q
-from django.utils import timezone
 
 from . import queries
 from .conf import settings
@@ -59,7 +58,7 @@ def count_prunable(
     database: str, older_than: datetime.timedelta, statuses: Iterable[str] = ("done",)
 ) -> dict[str, int]:
     """How many events :func:`prune` would delete now, by status (one counting query)."""
-    before = timezone.now() - older_than
+    before = queries.database_now(database) - older_than
     rows = (
         Event.objects.using(database)
         .filter(status__in=_statuses(statuses), finished_at__lt=before)
@@ -86,7 +85,8 @@ def prune(
     ``should_stop()`` is true; both are tested between batches, never within one.
     """
     batch_size = batch_size or settings.PRUNE_BATCH_SIZE
-    before = timezone.now() - older_than
+    # "Finished before" by the clock that wrote finished_at (the database's on PostgreSQL).
+    before = queries.database_now(database) - older_than
     result = PruneResult()
     events = Event.objects.using(database)
     for status in _statuses(statuses):

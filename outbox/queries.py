@@ -5,8 +5,13 @@ batch in the worker's hot loop, where the ORM's per-object cost shows. Statement
 written for PostgreSQL and SQLite; other backends get the SQLite form, which is plain SQL
 apart from ``RETURNING``.
 
-Times come from the caller's clock (``timezone.now()``), the same on every backend: keep
-worker machines' clocks in sync, as leases are measured with them.
+Times come from the database's clock on PostgreSQL: every lease, due time and timestamp
+these statements write or compare is ``statement_timestamp()`` (plus a number of seconds),
+so a worker or web server whose clock is wrong neither takes a lease that is still live nor
+delays the events it sends. ``statement_timestamp()``, not ``now()``: it is the statement's
+start even inside a transaction, and it is stable within the statement, so the due-time
+comparison still uses the index. On SQLite, which runs on the process's machine, and other
+backends, times come from the process's clock (``timezone.now()``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "Claimed",
     "claim",
     "complete",
+    "database_now",
     "delete_finished",
     "extend_lease",
     "insert_event",
@@ -45,27 +51,36 @@ _COLUMNS = (
 )
 
 # The values of a new event, in _COLUMNS order: signal, receiver, payload, max_attempts,
-# available_at, created_at (PostgreSQL: see _postgresql_insert()).
+# available_at, created_at (PostgreSQL: see _postgresql_insert(), which uses its clock).
 _VALUES = "%s, %s, %s, 'pending', 0, %s, %s, '', %s, '', ''"
+
+# "Now" and "lease_seconds from now" in SQL: the database's clock on PostgreSQL (see the
+# module docstring), a parameter holding the process's clock elsewhere.
+_PG_NOW = "statement_timestamp()"
+_PG_TIMES = {"now": _PG_NOW, "until": f"{_PG_NOW} + %(lease)s * interval '1 second'"}
+_OTHER_TIMES = {"now": "%(now)s", "until": "%(until)s"}
 
 # The claim, for PostgreSQL and for everything else. Module constants so that the
 # benchmark's raw psycopg floor runs exactly these statements.
 _SET_RUNNING = (
-    "SET status = 'running', attempts = attempts + 1, available_at = %(until)s, "
+    "SET status = 'running', attempts = attempts + 1, available_at = {until}, "
     "lease_token = %(token)s, worker = %(worker)s"
 )
-_DUE = (
-    "status IN ('pending', 'running') AND available_at <= %(now)s ORDER BY available_at, id LIMIT %(limit)s"
-)
+_DUE = "status IN ('pending', 'running') AND available_at <= {now} ORDER BY available_at, id LIMIT %(limit)s"
 _RETURNING = "RETURNING id, signal, receiver, payload, attempts, max_attempts"
+#: Parameters: token, lease (seconds), worker, limit.
 CLAIM_POSTGRESQL = (
     f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {_DUE} FOR UPDATE SKIP LOCKED) "
     f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
+).format_map(_PG_TIMES)
+CLAIM_OTHER = (
+    f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN (SELECT id FROM {TABLE} WHERE {_DUE}) {_RETURNING}"
+).format_map(_OTHER_TIMES)
+_COMPLETE = "status = 'done', finished_at = {now}, lease_token = NULL"
+#: Completion on PostgreSQL, as _fenced_update() writes it; parameters: ids, token.
+COMPLETE_POSTGRESQL = (
+    f"UPDATE {TABLE} SET {_COMPLETE.format(now=_PG_NOW)} WHERE id = ANY(%s) AND lease_token = %s"
 )
-CLAIM_OTHER = f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN (SELECT id FROM {TABLE} WHERE {_DUE}) {_RETURNING}"
-_COMPLETE = "status = 'done', finished_at = %s, lease_token = NULL"
-#: Completion on PostgreSQL, as _fenced_update() writes it; parameters: finished_at, ids, token.
-COMPLETE_POSTGRESQL = f"UPDATE {TABLE} SET {_COMPLETE} WHERE id = ANY(%s) AND lease_token = %s"
 
 
 @dataclass
@@ -94,6 +109,31 @@ def _adapt(connection: Any, value: datetime.datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
+def _now(connection: Any) -> tuple[str, list[Any]]:
+    """The current time as SQL and its parameters (the module docstring says whose clock)."""
+    if connection.vendor == "postgresql":
+        return _PG_NOW, []
+    return "%s", [_adapt(connection, timezone.now())]
+
+
+def _later(connection: Any, seconds: float) -> tuple[str, list[Any]]:
+    """``seconds`` from now, as SQL and its parameters."""
+    if connection.vendor == "postgresql":
+        return f"{_PG_NOW} + %s * interval '1 second'", [float(seconds)]
+    return "%s", [_adapt(connection, timezone.now() + datetime.timedelta(seconds=seconds))]
+
+
+def database_now(alias: str) -> datetime.datetime:
+    """The time by the clock that leases and due times use: the database's on PostgreSQL
+    (one query), the process's elsewhere. For the ORM queries that compare with "now"."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        return timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_PG_NOW}")
+        return cursor.fetchone()[0]
+
+
 def insert_events(alias: str, signal: str, receivers: Sequence[tuple[str, int]], payload: str) -> None:
     """Write one pending event per (receiver, max_attempts), all with this payload, in one
     INSERT on ``alias``, in whatever transaction is open there.
@@ -103,9 +143,8 @@ def insert_events(alias: str, signal: str, receivers: Sequence[tuple[str, int]],
     waits for one, and no extra round trip.
     """
     connection = connections[alias]
-    now = timezone.now()
     if connection.vendor != "postgresql":
-        row, when = f"({_VALUES})", _adapt(connection, now)
+        row, when = f"({_VALUES})", _adapt(connection, timezone.now())
         params: list[Any] = []
         for receiver, max_attempts in receivers:
             params += [signal, receiver, payload, max_attempts, when, when]
@@ -119,7 +158,7 @@ def insert_events(alias: str, signal: str, receivers: Sequence[tuple[str, int]],
         and any(func is _notified_marker for _, func, _ in connection.run_on_commit)
     )
     with connection.cursor() as cursor:
-        cursor.execute(_postgresql_insert(cursor.cursor.connection, signal, receivers, payload, now, notify))
+        cursor.execute(_postgresql_insert(cursor.cursor.connection, signal, receivers, payload, notify))
     if notify and connection.in_atomic_block:
         connection.on_commit(_notified_marker)
 
@@ -134,7 +173,6 @@ def _postgresql_insert(
     signal: str,
     receivers: Sequence[tuple[str, int]],
     payload: str,
-    now: datetime.datetime,
     notify: bool,
 ) -> str:
     """The INSERT (deciding on its NOTIFY) as one statement, values written in as literals.
@@ -142,16 +180,16 @@ def _postgresql_insert(
     This is what psycopg's client-side binding, Django's default, would send; building it
     here skips that machinery's per-call cost on the sender's hot path (measured with
     ``bench/``). The constant part of each row is built once per receiver and quoted by
-    psycopg; the payload is quoted once per call; the timestamp is ``isoformat()`` output.
+    psycopg; the payload is quoted once per call. The times are the database's clock, so
+    that a web server whose clock is ahead does not delay its events.
     """
-    when = now.isoformat()
     if pg.info.parameter_status("standard_conforming_strings") == "on":
         # The SQL-standard literal, quotes doubled; backslashes are plain characters and
         # the encoder never writes a NUL (JSON escapes control characters).
         quoted = "'" + payload.replace("'", "''") + "'"
     else:
         quoted = _literal(pg, payload)
-    tail = f"{quoted}::jsonb, '{when}', '{when}')"
+    tail = f"{quoted}::jsonb, {_PG_NOW}, {_PG_NOW})"
     rows: list[str] = []
     for receiver, max_attempts in receivers:
         # last_error is ''. In the first row of a transaction's first INSERT, the expression
@@ -253,15 +291,14 @@ def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> tup
     """
     connection = connections[alias]
     token = uuid.uuid4().hex
-    now = timezone.now()
-    params = {
-        "token": token,
-        "until": _adapt(connection, now + datetime.timedelta(seconds=lease_seconds)),
-        "now": _adapt(connection, now),
-        "limit": batch_size,
-        "worker": worker,
-    }
-    sql = CLAIM_POSTGRESQL if connection.vendor == "postgresql" else CLAIM_OTHER
+    params: dict[str, Any] = {"token": token, "limit": batch_size, "worker": worker}
+    if connection.vendor == "postgresql":
+        sql, params["lease"] = CLAIM_POSTGRESQL, float(lease_seconds)
+    else:
+        now = timezone.now()
+        sql = CLAIM_OTHER
+        params["until"] = _adapt(connection, now + datetime.timedelta(seconds=lease_seconds))
+        params["now"] = _adapt(connection, now)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = [Claimed(*row) for row in cursor.fetchall()]
@@ -284,14 +321,14 @@ def take(
         return ticket, []
     connection = connections[alias]
     token = uuid.uuid4().hex
-    until = timezone.now() + datetime.timedelta(seconds=lease_seconds)
+    until, until_params = _later(connection, lease_seconds)
     test, id_params = _ids(connection, ids)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {TABLE} SET lease_token = %s, available_at = %s, worker = %s "
+            f"UPDATE {TABLE} SET lease_token = %s, available_at = {until}, worker = %s "
             f"WHERE {test} AND lease_token = %s AND status = 'running' "
             f"RETURNING id, signal, receiver, payload, attempts, max_attempts",
-            [token, _adapt(connection, until), worker, *id_params, ticket],
+            [token, *until_params, worker, *id_params, ticket],
         )
         rows = [Claimed(*row) for row in cursor.fetchall()]
     rows.sort(key=lambda row: row.id)
@@ -329,7 +366,8 @@ def _fenced_update(
 
 def complete(alias: str, token: str, ids: Sequence[int]) -> int:
     """Mark claimed events done in one statement, fenced on the claim token."""
-    return _fenced_update(alias, token, ids, _COMPLETE, [timezone.now()])
+    now, params = _now(connections[alias])
+    return _fenced_update(alias, token, ids, _COMPLETE.format(now=now), params)
 
 
 def record_failure(
@@ -338,40 +376,38 @@ def record_failure(
     event_id: int,
     error: str,
     traceback: str,
-    retry_at: datetime.datetime | None,
+    retry_in: float | None,
 ) -> int:
-    """Record a failed attempt: pending again at ``retry_at``, or ``failed`` if None."""
+    """Record a failed attempt: pending again ``retry_in`` seconds from now (by the clock
+    of leases: see the module docstring), or ``failed`` if None."""
     connection = connections[alias]
-    now = timezone.now()
-    status = "failed" if retry_at is None else "pending"
+    if retry_in is None:
+        status, (available, available_params) = "failed", _now(connection)
+        finished, finished_params = available, available_params
+    else:
+        status, (available, available_params) = "pending", _later(connection, retry_in)
+        finished, finished_params = "NULL", []
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {TABLE} SET status = %s, available_at = %s, finished_at = %s, "
+            f"UPDATE {TABLE} SET status = %s, available_at = {available}, finished_at = {finished}, "
             f"last_error = %s, last_traceback = %s, lease_token = NULL "
             f"WHERE id = %s AND lease_token = %s",
-            [
-                status,
-                _adapt(connection, retry_at or now),
-                _adapt(connection, now) if retry_at is None else None,
-                error,
-                traceback,
-                event_id,
-                token,
-            ],
+            [status, *available_params, *finished_params, error, traceback, event_id, token],
         )
         return cursor.rowcount
 
 
 def release(alias: str, token: str, ids: Sequence[int]) -> int:
     """Hand claimed events that were never started back, due now, their attempt undone."""
-    assignments = "status = 'pending', available_at = %s, attempts = attempts - 1, lease_token = NULL"
-    return _fenced_update(alias, token, ids, assignments, [timezone.now()])
+    now, params = _now(connections[alias])
+    assignments = f"status = 'pending', available_at = {now}, attempts = attempts - 1, lease_token = NULL"
+    return _fenced_update(alias, token, ids, assignments, params)
 
 
 def extend_lease(alias: str, token: str, ids: Sequence[int], lease_seconds: float) -> int:
     """Push the lease of events still in hand ``lease_seconds`` into the future."""
-    until = timezone.now() + datetime.timedelta(seconds=lease_seconds)
-    return _fenced_update(alias, token, ids, "available_at = %s", [until], " AND status = 'running'")
+    until, params = _later(connections[alias], lease_seconds)
+    return _fenced_update(alias, token, ids, f"available_at = {until}", params, " AND status = 'running'")
 
 
 #: Statuses that pruning may delete: never pending or running, whose work is not done.

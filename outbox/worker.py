@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from . import pruning, queries
@@ -43,7 +44,9 @@ class Worker:
     """Drains the outbox of one database.
 
     ``once=True`` drains everything due now and returns; otherwise it runs until
-    :meth:`stop` (or SIGTERM/SIGINT when run from the main thread).
+    :meth:`stop` (or SIGTERM/SIGINT when run from the main thread). With
+    ``check_migrations=True`` (as ``run_outbox`` runs it), :meth:`run` first waits for the
+    database and raises ``ImproperlyConfigured`` if its outbox migrations are not applied.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class Worker:
         listen: bool = True,
         once: bool = False,
         dispatcher: Dispatcher | None = None,
+        check_migrations: bool = False,
     ) -> None:
         self.database = database or settings.database
         self.batch_size = batch_size or settings.BATCH_SIZE
@@ -67,6 +71,7 @@ class Worker:
         )
         self.listen = listen and not once and can_listen(self.database)
         self.once = once
+        self.check_migrations = check_migrations
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = False
         self.processed = 0
@@ -110,6 +115,8 @@ class Worker:
             "LISTEN/NOTIFY" if self.listen else "polling only",
         )
         try:
+            if self.check_migrations:
+                self._start_up()
             self._loop()
         finally:
             self._heartbeat.set()
@@ -120,6 +127,22 @@ class Worker:
                 signals.signal(signum, handler)
         logger.info("worker %s stopped after %d events", self.name, self.processed)
         return self.processed
+
+    def _start_up(self) -> None:
+        """Check the outbox migrations, waiting out an unreachable database with backoff
+        (a server restarting, a network not up yet): only a configuration error stops a
+        starting worker. A stop request ends the wait."""
+        failures = 0
+        while not self.stopping:
+            try:
+                _require_migrated(self.database)
+                return
+            except _CONNECTION_ERRORS as exc:
+                failures += 1
+                pause = min(10.0, 0.5 * 2 ** min(failures, 5))
+                logger.warning("database unavailable at start (%s); retrying in %.1fs", exc, pause)
+                connections[self.database].close()
+                self._sleep(pause)
 
     def _loop(self) -> None:
         failures = 0
@@ -254,6 +277,20 @@ class Worker:
                 connections[self.database].close()
                 time.sleep(0.2 * 2**attempt)
         logger.error("gave up recording %d done events; they will run again after their lease", len(done))
+
+
+def _require_migrated(alias: str) -> None:
+    """Raise ``ImproperlyConfigured`` if ``alias`` lacks outbox migrations (a connection
+    error propagates: the database may come back)."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[alias])
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes("outbox"))
+    if plan:
+        raise ImproperlyConfigured(
+            f"Database {alias!r} has {len(plan)} unapplied outbox migration(s): the worker "
+            f"cannot run there. Run 'manage.py migrate outbox --database {alias}' (outbox.W001)."
+        )
 
 
 def _close_broken_or_expired() -> None:

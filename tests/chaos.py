@@ -109,7 +109,13 @@ def database_url() -> str:
 class _Workers:
     def __init__(self, count: int, args: list[str], logs: Path) -> None:
         self.args, self.logs = args, logs
-        self.env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT)}
+        # INFO: started() looks for the start-up line, which LOGGING's WARNING would hide.
+        self.env = {
+            "OUTBOX_LOG_LEVEL": "INFO",
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "PYTHONPATH": str(ROOT),
+        }
         self.log_of: dict[int, Path] = {}
         self.procs: list[subprocess.Popen] = [self.start() for _ in range(count)]
 

@@ -121,7 +121,9 @@ class WorkerProcess:
     """
 
     def __init__(self, *args: str, env: dict | None = None, ready: bool = True):
-        environment = {**os.environ, **worker_env(), **(env or {})}
+        # INFO unless the run says otherwise: tests wait for the worker's start-up line, and
+        # run_outbox keeps the level LOGGING gives "outbox" (tests/settings.py) without -v.
+        environment = {"OUTBOX_LOG_LEVEL": "INFO", **os.environ, **worker_env(), **(env or {})}
         self.log = tempfile.NamedTemporaryFile("w+", prefix="outbox-worker-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "django", "run_outbox", "--settings=tests.settings", *args],

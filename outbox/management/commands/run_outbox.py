@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from outbox.checks import check_migrations
 from outbox.conf import settings
 from outbox.management.arguments import positive
 from outbox.worker import Worker
@@ -19,7 +20,15 @@ _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEB
 
 class Command(BaseCommand):
     help = "Run deferred signal receivers for committed outbox events."
-    requires_migrations_checks = True
+    # Django's own check would stop a worker started while the database is down (and it
+    # only warns); the worker checks the outbox migrations itself, retrying until it can.
+    requires_migrations_checks = False
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        # None unless -v is given, so that LOGGING's level for "outbox" is kept otherwise.
+        parser.set_defaults(verbosity=None)
+        return parser
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--database", help="Database alias to drain (default: OUTBOX['DATABASE']).")
@@ -34,20 +43,42 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        logger = logging.getLogger("outbox")
-        logger.setLevel(_LEVELS.get(options["verbosity"], logging.DEBUG))
-        if not logger.handlers and not logging.getLogger().handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            logger.addHandler(handler)
-        database = options["database"] or settings.database
-        for problem in check_migrations(databases=[database]):
-            raise CommandError(f"{problem.msg} {problem.hint} ({problem.id})")
-        Worker(
-            database,
+        worker = Worker(
+            options["database"] or settings.database,
             batch_size=options["batch_size"],
             poll_interval=options["poll_interval"],
             lease_seconds=options["lease_seconds"],
             listen=not options["no_listen"],
             once=options["once"],
-        ).run()
+            check_migrations=True,
+        )
+        restore = _configure_logging(options["verbosity"])
+        try:
+            worker.run()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            restore()
+
+
+def _configure_logging(verbosity: int | None) -> Callable[[], None]:
+    """Set the "outbox" logger's level from ``-v`` if given, else INFO only where LOGGING
+    set none; add a stderr handler if nothing would print. Returns what undoes it."""
+    logger = logging.getLogger("outbox")
+    level = logger.level
+    if verbosity is not None:
+        logger.setLevel(_LEVELS.get(verbosity, logging.DEBUG))
+    elif level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    handler = None
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+
+    def restore() -> None:
+        logger.setLevel(level)
+        if handler is not None:
+            logger.removeHandler(handler)
+
+    return restore
