@@ -1,0 +1,81 @@
+"""Who owns which rows of a claimed batch: an event that kills its worker is charged alone,
+and a receiver that hangs keeps only its own row while other workers run the rest."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from django.db import transaction
+
+from outbox.models import Event
+from tests.conftest import wait_for
+from tests.testapp.faults import crash
+from tests.testapp.models import Call
+from tests.testapp.signals import work
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _keys(receiver: str) -> Counter:
+    return Counter(Call.objects.filter(receiver=receiver).values_list("key", flat=True))
+
+
+def _event(key: str) -> Event:
+    return Event.objects.get(payload__kwargs__key=key)
+
+
+def test_an_event_that_kills_its_worker_fails_alone_and_its_batch_mates_end_done(worker_process):
+    keys = [f"row-{i}" for i in range(10)]
+    with transaction.atomic():
+        for i, key in enumerate(keys):
+            crash.send(sender=None, key=key, die=i == 3)
+    options = ("--batch-size", "10", "--lease-seconds", "1", "--poll-interval", "0.1")
+    worker = worker_process(*options)
+    deaths = 0
+    deadline = time.monotonic() + 120
+    # A supervisor: every time the worker dies, start another.
+    while Event.objects.filter(status__in=["pending", "running"]).exists():
+        assert time.monotonic() < deadline, f"not drained after {deaths} deaths:\n{worker.output}"
+        if worker.process.poll() is not None:
+            assert worker.process.returncode == 3, worker.output
+            deaths += 1
+            worker = worker_process(*options)
+        time.sleep(0.05)
+
+    poison = _event("row-3")
+    assert poison.status == "failed", poison.last_error
+    assert "gave up after 2 attempts" in poison.last_error and "lease expired" in poison.last_error
+    innocents = [_event(key) for key in keys if key != "row-3"]
+    assert [(e.status, e.attempts) for e in innocents] == [("done", 1)] * 9
+    # Its death in the batch is pinned on no row; then it runs alone and kills two workers.
+    assert deaths == 3
+    called = _keys("record_or_crash")
+    # The rows after the poison never ran before its death: once each. The rows before it
+    # ran in the dead batch before it could be recorded: they may run once more.
+    assert all(called[key] == 1 for key in keys[4:]), called
+    assert all(1 <= called[key] <= 2 for key in keys[:3]), called
+
+
+def test_a_hung_receiver_keeps_only_its_own_row_and_another_worker_runs_the_rest(worker_process):
+    rest = [f"rest-{i}" for i in range(5)]
+    with transaction.atomic():
+        work.send(sender=None, key="before")
+        work.send(sender=None, key="hangs", sleep=15)
+        for key in rest:
+            work.send(sender=None, key=key)
+    options = ("--batch-size", "10", "--lease-seconds", "60", "--poll-interval", "0.1")
+    first = worker_process(*options)
+    wait_for(lambda: Call.objects.filter(key="before").exists(), timeout=60)
+    second = worker_process(*options)
+    wait_for(lambda: Call.objects.filter(key__in=rest).count() == len(rest), timeout=60)
+    assert not Call.objects.filter(key="hangs").exists(), "the first worker still hangs"
+    assert set(Call.objects.filter(key__in=rest).values_list("worker_pid", flat=True)) == {second.process.pid}
+    assert _event("before").status == "done", "run before the hang, recorded without waiting for it"
+    hung = _event("hangs")
+    assert (hung.status, hung.worker.endswith(f":{first.process.pid}")) == ("running", True)
+
+    wait_for(lambda: not Event.objects.exclude(status="done").exists(), timeout=60)
+    assert _keys("record") == Counter(["before", "hangs", *rest]), "nothing ran twice"
+    assert set(Event.objects.values_list("attempts", flat=True)) == {1}
