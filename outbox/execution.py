@@ -42,8 +42,9 @@ class Outcome:
 
     Filled in as it goes, so it is right even when it is interrupted (a lost connection, a
     stop request). Shared with the heartbeat thread (:mod:`outbox.heartbeat`), which may
-    hand the unstarted rest back while a receiver runs long: one lock decides, and a row is
-    either started or handed back, never both.
+    hand the unstarted rest back while a receiver runs long: a row is started, or handed
+    back, under one lock, so never both. Only the running thread writes what it ran (a list
+    that only grows), so recording that takes no lock: one acquisition per row in all.
     """
 
     def __init__(self, ids: Sequence[int]) -> None:
@@ -51,7 +52,8 @@ class Outcome:
         #: Rows of ``ids`` started, in order, and how many of those succeeded.
         self.started = 0
         self.succeeded = 0
-        self._done: list[int] = []  # succeeded, not yet recorded done
+        self._done: list[int] = []  # succeeded, not recorded done when run
+        self._taken = 0  # how many of _done were handed to a caller to record
         self._in_hand: int | None = None
         self._since = 0.0
         self._closed = False  # handed back: start nothing more
@@ -68,12 +70,11 @@ class Outcome:
 
     def ran(self, event_id: int, succeeded: bool, recorded: bool = False) -> None:
         """The row in hand has run; a success not ``recorded`` yet is to be marked done."""
-        with self._lock:
-            self._in_hand = None
-            if succeeded:
-                self.succeeded += 1
-                if not recorded:
-                    self._done.append(event_id)
+        if succeeded:
+            self.succeeded += 1
+            if not recorded:
+                self._done.append(event_id)
+        self._in_hand = None
 
     def held(self) -> list[int]:
         """The rows whose lease must be kept: all of the batch until it is handed back
@@ -81,7 +82,8 @@ class Outcome:
         with self._lock:
             if not self._closed:
                 return self.ids
-            return [] if self._in_hand is None else [self._in_hand]
+            in_hand = self._in_hand
+            return [] if in_hand is None else [in_hand]
 
     def hand_back(self) -> tuple[list[int], list[int]]:
         """Start nothing more; return (succeeded but not recorded done, never started), for
@@ -97,7 +99,9 @@ class Outcome:
             return self._hand_back()
 
     def _hand_back(self) -> tuple[list[int], list[int]]:
-        done, self._done = self._done, []
+        # _done only grows: its first len() items stay what they are while ran() appends.
+        taken = len(self._done)
+        done, self._taken = self._done[self._taken : taken], taken
         rest = [] if self._closed else self.ids[self.started :]
         self._closed = True
         return done, rest

@@ -259,7 +259,8 @@ def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> tup
     """Claim up to ``batch_size`` due events in one statement; return (token, rows).
 
     Due means pending with ``available_at`` passed, or running with an expired lease (its
-    worker died). Served by the partial index ``outbox_event_due``. On PostgreSQL, ``SKIP
+    worker died: such an orphan comes back with ``alone`` set, its attempt not counted; see
+    ``_SET_RUNNING``). Served by the partial index ``outbox_event_due``. On PostgreSQL, ``SKIP
     LOCKED`` lets any number of workers claim at once without waiting on or sharing a row;
     on SQLite the single UPDATE holds the database write lock, which serializes claimers.
     """
