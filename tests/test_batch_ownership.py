@@ -3,12 +3,16 @@ and a receiver that hangs keeps only its own row while other workers run the res
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections import Counter
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
+from outbox import queries
+from outbox.execution import Outcome
 from outbox.models import Event
 from tests.conftest import wait_for
 from tests.testapp.faults import crash
@@ -79,3 +83,44 @@ def test_a_hung_receiver_keeps_only_its_own_row_and_another_worker_runs_the_rest
     wait_for(lambda: not Event.objects.exclude(status="done").exists(), timeout=60)
     assert _keys("record") == Counter(["before", "hangs", *rest]), "nothing ran twice"
     assert set(Event.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_a_row_is_either_started_or_handed_back_never_both():
+    outcome = Outcome([1, 2, 3, 4])
+    assert outcome.start(1)
+    outcome.ran(1, True)
+    assert outcome.start(2)
+    assert outcome.hand_back_if_stuck(60) is None, "row 2 has not run a minute"
+    assert outcome.held() == [1, 2, 3, 4]
+    # Row 2 hangs: the heartbeat takes the row already run and the unstarted rest.
+    assert outcome.hand_back_if_stuck(0) == ([1], [3, 4])
+    assert outcome.held() == [2], "only the row in hand is still leased"
+    assert outcome.hand_back_if_stuck(0) is None, "handed back once"
+    outcome.ran(2, True)
+    assert not outcome.start(3), "a row handed back is not started"
+    assert outcome.held() == []
+    assert outcome.hand_back() == ([2], [])
+    assert (outcome.started, outcome.succeeded) == (2, 2)
+
+
+def test_a_reclaim_gives_back_a_batch_attempt_and_keeps_the_attempt_of_the_row_in_hand():
+    with transaction.atomic():
+        for key in ("in-hand", "waiting"):
+            work.send(sender=None, key=key)
+    in_hand, waiting = (_event(key).pk for key in ("in-hand", "waiting"))
+
+    def expire():
+        Event.objects.update(available_at=timezone.now() - datetime.timedelta(seconds=1))
+
+    _, rows = queries.claim("default", 10, 60, "dead")
+    assert [(r.attempts, r.alone) for r in rows] == [(1, False)] * 2, "counted for the batch"
+    expire()
+    token, rows = queries.claim("default", 10, 60, "rescuer")
+    assert [(r.attempts, r.alone) for r in rows] == [(0, True)] * 2, "given back: orphans"
+    assert queries.run_alone("default", token, in_hand) == 1
+    expire()  # the rescuer dies in that row's receiver
+    token, rows = queries.claim("default", 10, 60, "third")
+    assert {r.id: (r.attempts, r.alone) for r in rows} == {in_hand: (1, True), waiting: (0, True)}
+    assert queries.run_alone("default", "stale-token", in_hand) is None, "fenced"
+    assert queries.release("default", token, [waiting]) == 1
+    assert _event("waiting").attempts == 0, "an orphan's release undoes no attempt"
