@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from django.db import connections
@@ -36,13 +36,74 @@ class ReceiverTimeout(OutboxError):
     """A receiver ran longer than its ``timeout``."""
 
 
-@dataclass
 class Outcome:
-    """What :func:`run_claimed` got through: filled in as it goes, so it is right even
-    when it is interrupted (a lost connection, a stop request)."""
+    """What :func:`run_claimed` got through, and which rows of the batch are still its own.
 
-    done: list[int] = field(default_factory=list)
-    started: int = 0
+    Filled in as it goes, so it is right even when it is interrupted (a lost connection, a
+    stop request). Shared with the heartbeat thread (:mod:`outbox.heartbeat`), which may
+    hand the unstarted rest back while a receiver runs long: a row is started, or handed
+    back, under one lock, so never both. Only the running thread writes what it ran (a list
+    that only grows), so recording that takes no lock: one acquisition per row in all.
+    """
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids = list(ids)
+        #: Rows of ``ids`` started, in order, and how many of those succeeded.
+        self.started = 0
+        self.succeeded = 0
+        self._done: list[int] = []  # succeeded, not recorded done when run
+        self._taken = 0  # how many of _done were handed to a caller to record
+        self._in_hand: int | None = None
+        self._since = 0.0
+        self._closed = False  # handed back: start nothing more
+        self._lock = threading.Lock()
+
+    def start(self, event_id: int) -> bool:
+        """Take ``event_id`` in hand; False if the rest of the batch was handed back."""
+        with self._lock:
+            if self._closed:
+                return False
+            self.started += 1
+            self._in_hand, self._since = event_id, time.monotonic()
+            return True
+
+    def ran(self, event_id: int, succeeded: bool, recorded: bool = False) -> None:
+        """The row in hand has run; a success not ``recorded`` yet is to be marked done."""
+        if succeeded:
+            self.succeeded += 1
+            if not recorded:
+                self._done.append(event_id)
+        self._in_hand = None
+
+    def held(self) -> list[int]:
+        """The rows whose lease must be kept: all of the batch until it is handed back
+        (rows already run too, until they are recorded), then the row in hand."""
+        with self._lock:
+            if not self._closed:
+                return self.ids
+            in_hand = self._in_hand
+            return [] if in_hand is None else [in_hand]
+
+    def hand_back(self) -> tuple[list[int], list[int]]:
+        """Start nothing more; return (succeeded but not recorded done, never started), for
+        the caller to complete and release. Each row is returned once, to one caller."""
+        with self._lock:
+            return self._hand_back()
+
+    def hand_back_if_stuck(self, seconds: float) -> tuple[list[int], list[int]] | None:
+        """:meth:`hand_back`, once the row in hand has run ``seconds``; else None."""
+        with self._lock:
+            if self._closed or self._in_hand is None or time.monotonic() - self._since < seconds:
+                return None
+            return self._hand_back()
+
+    def _hand_back(self) -> tuple[list[int], list[int]]:
+        # _done only grows: its first len() items stay what they are while ran() appends.
+        taken = len(self._done)
+        done, self._taken = self._done[self._taken : taken], taken
+        rest = [] if self._closed else self.ids[self.started :]
+        self._closed = True
+        return done, rest
 
 
 def backoff_delay(attempts: int) -> float:
@@ -63,40 +124,65 @@ def run_claimed(
     outcome: Outcome,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Outcome:
-    """Run claimed rows in order until done or ``should_stop()``.
+    """Run claimed rows in order until done, ``should_stop()``, or the rest is handed back.
 
     Failures are recorded as they happen (fenced on ``token``); successes are only listed in
-    ``outcome.done``: the caller marks them done in one statement.
+    ``outcome``: the caller marks them done in one statement (``outcome.hand_back()``).
+    Orphans (``row.alone``: reclaimed after their worker died) are run alone instead: see
+    :func:`_run_alone`.
     """
     # Logging is decided once per batch: at thousands of events a second, even the
     # level test adds up, and a line per event at INFO would flood the log.
     info, debug = logger.isEnabledFor(logging.INFO), logger.isEnabledFor(logging.DEBUG)
     began = time.perf_counter()
-    started_before, done_before = outcome.started, len(outcome.done)
+    started_before, done_before = outcome.started, outcome.succeeded
     decoder = PayloadDecoder()
     payloads = [_parse(row.payload) for row in rows]
     for payload in payloads:
         decoder.add(payload)
     for row, payload in zip(rows, payloads, strict=True):
-        if should_stop():
+        if should_stop() or not outcome.start(row.id):
             break
-        outcome.started += 1
         started = time.perf_counter() if debug else 0.0
-        if _run_one(database, token, row, payload, decoder):
-            outcome.done.append(row.id)
-            if debug:
-                elapsed = (time.perf_counter() - started) * 1000
-                logger.debug(
-                    "event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts
-                )
+        if row.alone:
+            succeeded = _run_alone(database, token, row, payload, decoder)
+            outcome.ran(row.id, succeeded, recorded=True)
+        else:
+            succeeded = _run_one(database, token, row, payload, decoder)
+            outcome.ran(row.id, succeeded)
+        if succeeded and debug:
+            elapsed = (time.perf_counter() - started) * 1000
+            logger.debug(
+                "event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts
+            )
     if info:
-        ran, done = outcome.started - started_before, len(outcome.done) - done_before
+        ran, done = outcome.started - started_before, outcome.succeeded - done_before
         left = f", {len(rows) - ran} handed back" if ran < len(rows) else ""
         elapsed = (time.perf_counter() - began) * 1000
         logger.info(
             "batch of %d events: %d done, %d failed in %.1f ms%s", ran, done, ran - done, elapsed, left
         )
     return outcome
+
+
+def _run_alone(
+    database: str, token: str, row: queries.Claimed, payload: Any, decoder: PayloadDecoder
+) -> bool:
+    """Run an orphan of a dead worker's batch, its outcome recorded at once; True on success.
+
+    Its attempt is counted, and the row marked in hand, before its receiver runs: if it
+    kills this worker too, the next claim knows this row did it, and charges it alone (the
+    batch's death was pinned on none of its rows). Only after deaths: healthy batches
+    never come here.
+    """
+    attempts = queries.run_alone(database, token, row.id)
+    if attempts is None:
+        return False  # its lease was lost meanwhile: another worker holds it
+    logger.info("event %d was in a batch whose worker died: run alone (attempt %d)", row.id, attempts)
+    if not _run_one(database, token, replace(row, attempts=attempts), payload, decoder):
+        return False
+    queries.complete(database, token, [row.id])
+    return True
 
 
 def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:

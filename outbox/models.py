@@ -36,6 +36,12 @@ class Event(models.Model):
     # NULL, not "", while no worker holds it: the fence in queries.complete() tests it.
     lease_token = models.CharField(max_length=32, null=True, blank=True, editable=False)  # noqa: DJ001
     worker = models.CharField(max_length=255, blank=True, help_text=_("Worker that last claimed it."))
+    # How the attempt of the current claim was counted (see queries.claim()). True: by a
+    # batch claim, one for every row, not knowing which receiver a death would be in, so
+    # a reclaim after its worker died gives it back. False: counted for this row alone
+    # (run alone, it was in hand if its worker died), or not counted yet (reclaimed,
+    # waiting its turn). NULL until first claimed, which the INSERTs leave it.
+    batch_attempt = models.BooleanField(null=True, editable=False)
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)

@@ -41,6 +41,7 @@ __all__ = [
     "insert_events",
     "record_failure",
     "release",
+    "run_alone",
     "take",
 ]
 
@@ -62,12 +63,21 @@ _OTHER_TIMES = {"now": "%(now)s", "until": "%(until)s"}
 
 # The claim, for PostgreSQL and for everything else. Module constants so that the
 # benchmark's raw psycopg floor runs exactly these statements.
+#
+# A pending row's attempt is counted here, for the whole batch: no per-row write while it
+# runs. A running row is an orphan, reclaimed after its worker died: the claim does not
+# count it (SET reads the row as it was), and gives back the attempt its batch claim
+# counted (batch_attempt), since that death may have been any row's. Orphans are run
+# alone (execution.run_claimed), which counts the attempt of the one in hand.
 _SET_RUNNING = (
-    "SET status = 'running', attempts = attempts + 1, available_at = {until}, "
-    "lease_token = %(token)s, worker = %(worker)s"
+    "SET status = 'running', "
+    "attempts = CASE WHEN status = 'pending' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
+    "ELSE attempts END, "
+    "batch_attempt = (status = 'pending'), available_at = {until}, lease_token = %(token)s, "
+    "worker = %(worker)s"
 )
 _DUE = "status IN ('pending', 'running') AND available_at <= {now} ORDER BY available_at, id LIMIT %(limit)s"
-_RETURNING = "RETURNING id, signal, receiver, payload, attempts, max_attempts"
+_RETURNING = "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt"
 #: Parameters: token, lease (seconds), worker, limit.
 CLAIM_POSTGRESQL = (
     f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {_DUE} FOR UPDATE SKIP LOCKED) "
@@ -93,6 +103,8 @@ class Claimed:
     payload: Any
     attempts: int
     max_attempts: int
+    #: Reclaimed after its worker died (or in hand since): run it alone (see claim()).
+    alone: bool = False
 
 
 def _notified_marker() -> None:
@@ -285,7 +297,8 @@ def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> tup
     """Claim up to ``batch_size`` due events in one statement; return (token, rows).
 
     Due means pending with ``available_at`` passed, or running with an expired lease (its
-    worker died). Served by the partial index ``outbox_event_due``. On PostgreSQL, ``SKIP
+    worker died: such an orphan comes back with ``alone`` set, its attempt not counted; see
+    ``_SET_RUNNING``). Served by the partial index ``outbox_event_due``. On PostgreSQL, ``SKIP
     LOCKED`` lets any number of workers claim at once without waiting on or sharing a row;
     on SQLite the single UPDATE holds the database write lock, which serializes claimers.
     """
@@ -301,7 +314,7 @@ def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> tup
         params["now"] = _adapt(connection, now)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = [Claimed(*row) for row in cursor.fetchall()]
+        rows = [Claimed(*row[:-1], bool(row[-1])) for row in cursor.fetchall()]
     rows.sort(key=lambda row: row.id)
     return token, rows
 
@@ -326,11 +339,10 @@ def take(
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {TABLE} SET lease_token = %s, available_at = {until}, worker = %s "
-            f"WHERE {test} AND lease_token = %s AND status = 'running' "
-            f"RETURNING id, signal, receiver, payload, attempts, max_attempts",
+            f"WHERE {test} AND lease_token = %s AND status = 'running' {_RETURNING}",
             [token, *until_params, worker, *id_params, ticket],
         )
-        rows = [Claimed(*row) for row in cursor.fetchall()]
+        rows = [Claimed(*row[:-1], bool(row[-1])) for row in cursor.fetchall()]
     rows.sort(key=lambda row: row.id)
     return token, rows
 
@@ -398,10 +410,33 @@ def record_failure(
 
 
 def release(alias: str, token: str, ids: Sequence[int]) -> int:
-    """Hand claimed events that were never started back, due now, their attempt undone."""
+    """Hand claimed events that were never started back, due now, their attempt undone
+    (an orphan's was not counted: see claim())."""
     now, params = _now(connections[alias])
-    assignments = f"status = 'pending', available_at = {now}, attempts = attempts - 1, lease_token = NULL"
+    assignments = (
+        f"status = 'pending', available_at = {now}, lease_token = NULL, batch_attempt = false, "
+        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END"
+    )
     return _fenced_update(alias, token, ids, assignments, params)
+
+
+def run_alone(alias: str, token: str, event_id: int) -> int | None:
+    """Mark a claimed event as the one in hand, alone, and count its attempt; return the
+    attempts now counted, or None if ``token`` no longer holds it.
+
+    Written before its receiver runs, so that if the worker dies in it the reclaim knows
+    this row was in hand (``batch_attempt`` false) and keeps the attempt. Served by the
+    primary key.
+    """
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET attempts = attempts + 1, batch_attempt = false "
+            f"WHERE id = %s AND lease_token = %s AND status = 'running' RETURNING attempts",
+            [event_id, token],
+        )
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def extend_lease(alias: str, token: str, ids: Sequence[int], lease_seconds: float) -> int:

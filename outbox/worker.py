@@ -3,8 +3,10 @@
 ``python manage.py run_outbox`` is a thin shell over :class:`Worker`. The loop: claim a
 batch (one statement), decode it (one query per model for instances), call each receiver,
 mark the successes done (one statement) and record each failure with its traceback. A
-heartbeat thread extends the lease of the batch in hand, so a slow receiver is never run
-twice; a worker that dies leaves rows that any worker reclaims when their lease expires.
+heartbeat thread (:mod:`outbox.heartbeat`) extends the lease of the batch in hand, so a
+slow receiver is never run twice, and hands back the unstarted rest of a batch whose
+receiver runs long; a worker that dies leaves rows that any worker reclaims when their
+lease expires.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import time
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, connections
 
 from . import pruning, queries
 from .conf import settings
 from .dispatch import Dispatcher, get_dispatcher
+from .execution import Outcome
+from .heartbeat import Heartbeat
 from .listener import Listener, can_listen
 
 __all__ = ["Worker"]
@@ -78,8 +82,7 @@ class Worker:
         self._listener: Listener | None = None
         self._settled = False  # armed, and a claim since then found nothing: may sleep
         self._settle = 0.0  # the current pause while senders are in flight
-        self._inflight: tuple[str, list[int]] = ("", [])
-        self._heartbeat = threading.Event()
+        self._heartbeat = Heartbeat(self.database, self.lease_seconds)
         self._signal_count = 0
         self._next_prune = 0.0  # monotonic time of the next pruning visit; 0: at start
 
@@ -103,8 +106,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for signum in (signals.SIGTERM, signals.SIGINT):
                 handlers[signum] = signals.signal(signum, self._on_signal)
-        beat = threading.Thread(target=self._beat, name="outbox-heartbeat", daemon=True)
-        beat.start()
+        self._heartbeat.start()
         logger.info(
             "worker %s on database %r: batch %d, poll %.1fs, lease %.0fs, %s",
             self.name,
@@ -119,8 +121,7 @@ class Worker:
                 self._start_up()
             self._loop()
         finally:
-            self._heartbeat.set()
-            beat.join(timeout=5)
+            self._heartbeat.stop()
             if self._listener:
                 self._listener.close()
             for signum, handler in handlers.items():
@@ -215,21 +216,6 @@ class Worker:
         while not self.stopping and time.monotonic() < deadline:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
-    def _beat(self) -> None:
-        """Heartbeat thread: extend the lease of the batch in hand every LEASE/3 seconds."""
-        try:
-            while not self._heartbeat.wait(self.lease_seconds / 3):
-                token, ids = self._inflight
-                if not ids:
-                    continue
-                try:
-                    queries.extend_lease(self.database, token, list(ids), self.lease_seconds)
-                except DatabaseError as exc:
-                    logger.warning("could not extend the lease of %d events: %s", len(ids), exc)
-                    connections[self.database].close()
-        finally:
-            connections.close_all()
-
     def _maybe_prune(self) -> None:
         """Between batches, at most every PRUNE_INTERVAL: delete old done events.
 
@@ -261,9 +247,9 @@ class Worker:
             self.dispatcher.dispatch(self, token, rows)
         return len(rows)
 
-    def hold(self, token: str, ids: list[int]) -> None:
-        """Have the heartbeat extend the lease of these claimed rows (none: ``[]``)."""
-        self._inflight = (token, ids)
+    def hold(self, token: str, outcome: Outcome | None) -> None:
+        """Have the heartbeat keep the rows ``outcome`` still holds (none: None)."""
+        self._heartbeat.hold(token, outcome)
 
     def finish(self, token: str, done: list[int], unstarted: list[int]) -> None:
         """Mark successes done and hand back unstarted rows, retrying through a restart."""

@@ -35,17 +35,18 @@ class InProcessDispatcher:
     """Runs the receivers in the worker process, then records the batch."""
 
     def dispatch(self, worker: Worker, token: str, rows: Sequence[queries.Claimed]) -> None:
-        ids = [row.id for row in rows]
-        # The heartbeat extends every row of the batch until finish() has recorded it:
-        # a row already run but not yet marked done must not be reclaimed either.
-        worker.hold(token, ids)
-        outcome = Outcome()
+        outcome = Outcome([row.id for row in rows])
+        # The heartbeat keeps the rows still the batch's until finish() has recorded them
+        # (a row already run but not yet marked done must not be reclaimed either), and
+        # may hand back the unstarted rest while a receiver runs long.
+        worker.hold(token, outcome)
         try:
             run_claimed(worker.database, token, rows, outcome, lambda: worker.stopping)
         finally:
             worker.processed += outcome.started
-            worker.finish(token, outcome.done, ids[outcome.started :])
-            worker.hold(token, [])
+            done, unstarted = outcome.hand_back()
+            worker.finish(token, done, unstarted)
+            worker.hold(token, None)
 
 
 def get_dispatcher(path: str | None = None) -> Dispatcher:

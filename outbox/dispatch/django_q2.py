@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 from django.apps import apps
 from django.conf import settings as django_settings
 from django.core.checks import Error
-from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from .. import queries
 from ..conf import settings
 from ..exceptions import DispatchError
 from ..execution import Outcome, run_claimed
+from ..heartbeat import Heartbeat
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -202,39 +201,17 @@ def run_relayed(database: str, token: str, ids: list[int]) -> int:
         )
     if not rows:
         return 0
-    held = [row.id for row in rows]
-    outcome = Outcome()
-    heartbeat = _Heartbeat(database, mine, held)
+    outcome = Outcome([row.id for row in rows])
+    # The worker's heartbeat, for this task's rows: it hands the unstarted ones back to
+    # the relay if a receiver runs long, so that other tasks run them meanwhile.
+    heartbeat = Heartbeat(database, settings.LEASE_SECONDS, name="outbox-relay-heartbeat")
+    heartbeat.hold(mine, outcome)
     heartbeat.start()
     try:
         run_claimed(database, mine, rows, outcome)
     finally:
         heartbeat.stop()
-        queries.complete(database, mine, outcome.done)
-        queries.release(database, mine, held[outcome.started :])
-    return len(outcome.done)
-
-
-class _Heartbeat(threading.Thread):
-    """Extends the lease of the rows a task holds every LEASE_SECONDS / 3 while it runs."""
-
-    def __init__(self, database: str, token: str, ids: list[int]) -> None:
-        super().__init__(name="outbox-relay-heartbeat", daemon=True)
-        self.database, self.token, self.ids = database, token, ids
-        self.lease = settings.LEASE_SECONDS
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._done.wait(self.lease / 3):
-                try:
-                    queries.extend_lease(self.database, self.token, self.ids, self.lease)
-                except DatabaseError as exc:
-                    logger.warning("could not extend the lease of %d events: %s", len(self.ids), exc)
-                    connections[self.database].close()
-        finally:
-            connections.close_all()
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join(timeout=5)
+        done, unstarted = outcome.hand_back()
+        queries.complete(database, mine, done)
+        queries.release(database, mine, unstarted)
+    return outcome.succeeded

@@ -29,6 +29,7 @@ hang_in_database = django.dispatch.Signal()
 leave_transaction = django.dispatch.Signal()
 unrecordable = django.dispatch.Signal()
 ctrl_c = django.dispatch.Signal()
+crash = django.dispatch.Signal()
 #: The chaos and memory runs.
 chaos = django.dispatch.Signal()
 nothing = django.dispatch.Signal()
@@ -149,6 +150,15 @@ def hangs_in_database(sender, **kwargs):
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(3600)" if connection.vendor == "postgresql" else "SELECT 1")
+
+
+@outbox.receiver(crash, max_attempts=2)
+def record_or_crash(sender, key, die=False, **kwargs):
+    """Kills its worker process at once when ``die`` (no exception, no cleanup: as a
+    segfault or an OOM kill would); otherwise one durable row per call."""
+    if die:
+        os._exit(3)
+    Call.objects.create(receiver="record_or_crash", key=key, worker_pid=os.getpid())
 
 
 @outbox.receiver(chaos)
