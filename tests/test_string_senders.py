@@ -94,6 +94,9 @@ def late_model():
         class Meta:
             app_label = "testapp"
 
+        def __str__(self):
+            return self.name
+
     with connection.schema_editor() as editor:
         editor.create_model(Latecomer)
     try:
