@@ -25,13 +25,16 @@ from django.db.models.utils import make_model_tuple
 from django.dispatch import Signal
 from django.dispatch.dispatcher import _make_id
 
-from . import queries, serialization
+from . import limits, queries, serialization
 from .conf import settings
 from .exceptions import RegistrationError, SerializationError
 
 __all__ = ["ReceiverSpec", "connect", "disconnect", "get_receiver", "get_signal", "registry"]
 
 DELIVERIES = ("outbox", "on_commit")
+
+#: A receiver's timeout= is armed with setitimer, which overflows long before timedelta does.
+_TIMEOUT = limits.Range(float, 0, limits.MAX_SECONDS, above=True, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -350,10 +353,13 @@ def connect(
     """
     if delivery not in DELIVERIES:
         raise RegistrationError(f"delivery must be one of {DELIVERIES}, not {delivery!r}")
-    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-        raise RegistrationError(f"max_attempts must be a positive integer, not {max_attempts!r}")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise RegistrationError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    # Refused here, not by the column at send time (which aborts the sender's transaction).
+    if max_attempts is not None and not limits.SETTINGS["MAX_ATTEMPTS"].holds(max_attempts):
+        raise RegistrationError(
+            f"max_attempts must be {limits.SETTINGS['MAX_ATTEMPTS'].describe()}, not {max_attempts!r}"
+        )
+    if timeout is not None and not _TIMEOUT.holds(timeout):
+        raise RegistrationError(f"timeout must be {_TIMEOUT.describe()}, not {timeout!r}")
     if delivery == "outbox":
         spec = ReceiverSpec(receiver_path(func), func, max_attempts, timeout)
         registry.add_receiver(spec)

@@ -9,9 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from outbox.checks import check_migrations
+from outbox.checks import check_migrations, check_settings
 from outbox.conf import settings
-from outbox.management.arguments import positive
+from outbox.limits import SETTINGS
+from outbox.management.arguments import within
 from outbox.worker import Worker
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -23,9 +24,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--database", help="Database alias to drain (default: OUTBOX['DATABASE']).")
-        parser.add_argument("--batch-size", type=positive(int), help="Events claimed per statement.")
-        parser.add_argument("--poll-interval", type=positive(float), help="Seconds between polls.")
-        parser.add_argument("--lease-seconds", type=positive(float), help="Lease of a claimed event.")
+        parser.add_argument(
+            "--batch-size", type=within(SETTINGS["BATCH_SIZE"]), help="Events claimed per statement."
+        )
+        parser.add_argument(
+            "--poll-interval", type=within(SETTINGS["POLL_INTERVAL"]), help="Seconds between polls."
+        )
+        parser.add_argument(
+            "--lease-seconds", type=within(SETTINGS["LEASE_SECONDS"]), help="Lease of a claimed event."
+        )
         parser.add_argument("--once", action="store_true", help="Drain everything due now, then exit.")
         parser.add_argument(
             "--no-listen",
@@ -40,6 +47,14 @@ class Command(BaseCommand):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
+        # Refuse to start on a bad setting (as manage.py's own checks do, unless skipped)
+        # rather than die of it later, in a wait, a datetime or a query.
+        problems = check_settings()
+        if problems:
+            raise CommandError(
+                "refusing to start: "
+                + "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in problems)
+            )
         database = options["database"] or settings.database
         for problem in check_migrations(databases=[database]):
             raise CommandError(f"{problem.msg} {problem.hint} ({problem.id})")
