@@ -20,14 +20,13 @@ from typing import Any
 
 from django.apps import apps
 from django.db import transaction
-from django.db.models.signals import ModelSignal
-from django.db.models.utils import make_model_tuple
 from django.dispatch import Signal
 from django.dispatch.dispatcher import _make_id
 
 from . import limits, queries, serialization
 from .conf import settings
 from .exceptions import RegistrationError, SerializationError
+from .lazy_senders import Pending, model_key
 
 __all__ = ["ReceiverSpec", "connect", "disconnect", "get_receiver", "get_signal", "registry"]
 
@@ -60,7 +59,7 @@ class Registry:
             weakref.WeakKeyDictionary()
         )
         # Receivers of lazy senders whose model is not registered yet.
-        self._pending: dict[tuple[Signal, tuple[str, str]], _Pending] = {}
+        self._pending: dict[tuple[Signal, tuple[str, str]], Pending] = {}
 
     def signal_name(self, signal: Signal) -> str:
         """The dotted path of the module attribute that defines ``signal``."""
@@ -82,21 +81,28 @@ class Registry:
         it names, as soon as that model is registered: Django resolves it to the class, and
         keeps only one proxy per class.
         """
-        key = _model_key(signal, sender)
+        key = model_key(signal, sender)
         if key is None:
             self._defer(signal, sender, uid, spec)
             return
-        self.signal_name(signal)  # refused now, not when the model registers
+        name = self.signal_name(signal)  # refused now, not when the model registers
         with self._lock:
             pending = self._pending.get((signal, key))
             if pending is None:
-                pending = self._pending[(signal, key)] = _Pending(self, signal, key)
+                pending = self._pending[(signal, key)] = Pending(signal, key, name, self._hand_over)
                 first = True
             else:
                 first = False
             pending.specs.setdefault(uid, spec)
         if first:  # outside the lock: runs at once when the model is registered already
             apps.lazy_model_operation(pending, key)
+
+    def _hand_over(self, pending: Pending, model: Any) -> None:
+        """A lazy sender's model is registered: its receivers join the model's proxy."""
+        with self._lock:  # so that forget() finds each receiver either here or in the proxy
+            del self._pending[(pending.signal, pending.key)]
+            for uid, spec in pending.specs.items():
+                self._defer(pending.signal, model, uid, spec)
 
     def _defer(self, signal: Signal, sender: Any, uid: Any, spec: ReceiverSpec) -> None:
         with self._lock:
@@ -115,7 +121,7 @@ class Registry:
         The proxy is disconnected with its last receiver, so ``has_listeners()`` is false
         again. The receiver stays registered by path: rows already written still run.
         """
-        key = _model_key(signal, sender)
+        key = model_key(signal, sender)
         if key is not None:
             with self._lock:
                 pending = self._pending.get((signal, key))
@@ -180,44 +186,6 @@ def receiver_path(func: Callable[..., Any]) -> str:
 def _origin(func: Callable[..., Any]) -> str:
     code = getattr(func, "__code__", None)
     return f"{code.co_filename}:{code.co_firstlineno}" if code else repr(func)
-
-
-def _model_key(signal: Signal, sender: Any) -> tuple[str, str] | None:
-    """``(app_label, model_name)`` for a model signal's lazy sender, else None.
-
-    Only a ModelSignal resolves ``"app_label.ModelName"`` (``ModelSignal._lazy_method``); to
-    any other signal a string sender is just a value that senders pass.
-    """
-    if not isinstance(signal, ModelSignal) or not isinstance(sender, str):
-        return None
-    try:
-        return make_model_tuple(sender)
-    except ValueError as exc:
-        raise RegistrationError(str(exc)) from None
-
-
-class _Pending:
-    """The lazy model operation that hands a lazy sender's receivers to the model's proxy.
-
-    Django's check ``models.E022`` names what is pending on a model that never registers by
-    this object's ``repr``, so that says which receivers wait for which sender.
-    """
-
-    __name__ = "deferred receivers"  # Django's lazy reference check reads __name__
-
-    def __init__(self, registry: Registry, signal: Signal, key: tuple[str, str]) -> None:
-        self.registry, self.signal, self.key = registry, signal, key
-        self.specs: dict[Any, ReceiverSpec] = {}
-
-    def __call__(self, model: Any) -> None:
-        with self.registry._lock:  # so that forget() finds each receiver here or in the proxy
-            del self.registry._pending[(self.signal, self.key)]
-            for uid, spec in self.specs.items():
-                self.registry._defer(self.signal, model, uid, spec)
-
-    def __repr__(self) -> str:
-        names = ", ".join(spec.path for spec in self.specs.values()) or "no receiver any more"
-        return f"The deferred receivers ({names}) of {self.registry.signal_name(self.signal)}"
 
 
 def _find_signal_name(signal: Signal) -> str:
