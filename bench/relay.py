@@ -13,7 +13,7 @@ app's ``record``: one INSERT per call, like a receiver that writes an audit row.
   until every event is ``done``.
 
 Uses its own PostgreSQL database (created if missing, ``BENCH_DATABASE_URL``) and Redis
-database 8 (``BENCH_REDIS_URL``), which it empties.
+database 8 (``BENCH_REDIS_URL``), where it deletes only its cluster's keys between runs.
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ def reset(redis_client) -> None:
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE outbox_event, testapp_call, django_q_ormq, django_q_task")
-    redis_client.flushdb()
+    # The cluster's keys only (Q_CLUSTER["name"] of tests/settings.py), never FLUSHDB.
+    keys = list(redis_client.scan_iter(match="django_q:outbox-tests:*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
 
 
 def send(n: int, prefix: str) -> None:

@@ -27,6 +27,7 @@ from .conf import settings
 from .exceptions import DispatchError, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
 from .serialization import PayloadDecoder
+from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
 
 __all__ = ["Outcome", "ReceiverTimeout", "backoff_delay", "run_claimed"]
 
@@ -107,16 +108,9 @@ def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, deco
     except DispatchError as exc:
         _record_failure(database, token, row, exc, started, permanent=True)
         return False
-    try:
-        _call(spec.func, spec.timeout, signal=signal, sender=sender, **kwargs)
-    except ReceiverTimeout as exc:
-        _abandon_queries()
-        _record_failure(database, token, row, exc, started, permanent=False)
-        return False
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
-        # SystemExit and KeyboardInterrupt raised by a receiver are its failure, not the
-        # worker's: recorded and retried like any other, and the batch goes on.
-        _record_failure(database, token, row, exc, started, permanent=False)
+    failure = _call_receiver(spec, signal, sender, kwargs)
+    if failure is not None:
+        _record_failure(database, token, row, failure, started, permanent=False)
         return False
     if logger.isEnabledFor(logging.INFO):
         elapsed = (time.perf_counter() - started) * 1000
@@ -124,15 +118,59 @@ def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, deco
     return True
 
 
+def _call_receiver(spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any]) -> BaseException | None:
+    """Call one receiver; return its failure, None on success.
+
+    Whatever it raises is its failure, not the worker's: SystemExit, KeyboardInterrupt,
+    CancelledError and GeneratorExit too, except Ctrl-C (see _is_ctrl_c). So is returning
+    with a transaction open on any of the worker's connections: rolled back, or later
+    writes (the worker's records among them) would never commit.
+    """
+    before = open_transactions()
+    failure: BaseException | None = None
+    try:
+        _call(spec.func, spec.timeout, signal=signal, sender=sender, **kwargs)
+    except ReceiverTimeout as exc:
+        _abandon_queries()
+        failure = exc
+    except BaseException as exc:
+        if _is_ctrl_c(exc):
+            roll_back_left_open(before)
+            raise
+        failure = exc
+    left = roll_back_left_open(before)
+    if not left:
+        return failure
+    also = "" if failure is None else f" (and raised {_error_text(failure)})"
+    error = TransactionLeftOpen(
+        f"the receiver left a transaction open on database {', '.join(map(repr, left))}{also}; "
+        f"its uncommitted writes were rolled back"
+    )
+    error.__cause__ = failure
+    return error
+
+
+def _is_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` may be Ctrl-C rather than the receiver's own doing: a
+    KeyboardInterrupt where Python's SIGINT handler is in place. Worker.run() replaces that
+    handler (SIGINT asks it to stop after the receiver in hand), so this is a batch run
+    from a shell or a script, whose operator wants the process stopped."""
+    return (
+        isinstance(exc, KeyboardInterrupt)
+        and threading.current_thread() is threading.main_thread()
+        and signals.getsignal(signals.SIGINT) is signals.default_int_handler
+    )
+
+
 def _record_failure(
     database: str, token: str, row: queries.Claimed, exc: BaseException, started: float, permanent: bool
 ) -> None:
-    error = f"{type(exc).__qualname__}: {exc}"
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    error = _error_text(exc)[:10000]
+    trace = _traceback_text(exc)
     retry_at = None
     if not permanent and row.attempts < row.max_attempts:
         retry_at = timezone.now() + timedelta(seconds=backoff_delay(row.attempts))
-    queries.record_failure(database, token, row.id, error[:10000], trace, retry_at)
+    queries.record_failure(database, token, row.id, error, trace, retry_at)
     outcome = "failed for good" if retry_at is None else f"failed, retry at {retry_at:%H:%M:%S}"
     logger.warning(
         "event %d %s %s in %.1f ms (attempt %d/%d): %s",
@@ -144,6 +182,33 @@ def _record_failure(
         row.max_attempts,
         error,
     )
+
+
+# The text of a failure is the receiver's to choose, and must still be stored: computed so
+# that it cannot raise, and cleaned of what the database refuses (NUL in PostgreSQL text,
+# lone surrogates in any UTF-8 encoding) with visible escapes in their place.
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message``, whatever the exception's ``__str__`` does."""
+    name = type(exc).__qualname__
+    try:
+        message = str(exc)
+    except BaseException as inner:  # noqa: BLE001 - a receiver's __str__ may raise anything
+        message = f"<{name} object: str() raised {type(inner).__qualname__}>"
+    return _storable(f"{name}: {message}")
+
+
+def _traceback_text(exc: BaseException) -> str:
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException as inner:  # noqa: BLE001 - formatting runs the exception's own code
+        text = f"(the traceback could not be formatted: {type(inner).__qualname__})"
+    return _storable(text)
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _abandon_queries() -> None:

@@ -66,6 +66,28 @@ postgres_only = pytest.mark.skipif(
     "postgresql" not in settings.DATABASES["default"]["ENGINE"], reason="PostgreSQL only"
 )
 
+#: The environment variable that lets tests disturb servers shared with other developers
+#: (restart the local PostgreSQL). ``.ci/run`` sets it; developers run them with
+#: ``make test OUTBOX_TEST_DISRUPTIVE=1`` when nobody else uses the machine's servers.
+DISRUPTIVE_VARIABLE = "OUTBOX_TEST_DISRUPTIVE"
+
+disruptive = pytest.mark.skipif(
+    os.environ.get(DISRUPTIVE_VARIABLE) != "1",
+    reason=f"restarts a server other developers share: set {DISRUPTIVE_VARIABLE}=1 to run it (CI does)",
+)
+
+#: The tests' Redis database (a number of its own) and the key prefix of their django-q2
+#: cluster (``Q_CLUSTER["name"]`` in tests/settings.py). Tests delete only keys under that
+#: prefix, never the whole database.
+REDIS_URL = os.environ.get("OUTBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+REDIS_PREFIX = "django_q:outbox-tests:"
+
+
+def delete_test_keys(client) -> int:
+    """Delete the test cluster's keys from ``client``'s database; return how many."""
+    keys = list(client.scan_iter(match=f"{REDIS_PREFIX}*", count=1000))
+    return client.delete(*keys) if keys else 0
+
 
 @pytest.fixture(autouse=True)
 def _reset_receivers():

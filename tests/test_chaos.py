@@ -4,7 +4,6 @@ restarted server lose nothing, and duplicates stay within the rows in flight.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -13,7 +12,7 @@ from django.db import connection
 
 from outbox.models import Event
 from tests import chaos
-from tests.conftest import listening_sessions, postgres_only, wait_for
+from tests.conftest import disruptive, listening_sessions, postgres_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.signals import work
 
@@ -73,7 +72,7 @@ def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_fligh
 
 
 @pytest.mark.skipif(chaos.restart_command() is None, reason="no pg_ctlcluster to restart PostgreSQL")
-@pytest.mark.skipif(bool(os.environ.get("OUTBOX_CHAOS_NO_RESTART")), reason="OUTBOX_CHAOS_NO_RESTART is set")
+@disruptive
 def test_a_postgresql_restart_amid_kills_loses_nothing():
     report = chaos.run(1000, 4, restart=True, kill_interval=(1.5, 3.0), batch_size=20, seed=3, pause=0.02)
     print(f"\n{report}")

@@ -28,13 +28,12 @@ from outbox.dispatch import django_q2
 from outbox.models import Event
 from outbox.operations import replay
 from outbox.worker import Worker
-from tests.conftest import ROOT, wait_for, worker_env
+from tests.conftest import REDIS_PREFIX, REDIS_URL, ROOT, delete_test_keys, wait_for, worker_env
 from tests.testapp.models import Call
 from tests.testapp.signals import charged, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_URL = os.environ.get("OUTBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 RELAY = "outbox.dispatch.django_q2"
 WORKERS = 4
 TASK_SIZE = 10
@@ -107,7 +106,8 @@ def cluster():
 
 @pytest.fixture
 def redis_db():
-    """The tests' own Redis database, emptied before and after."""
+    """The tests' Redis database, with the test cluster's keys deleted before and after
+    (never FLUSHDB: other clients may use the same database)."""
     redis = pytest.importorskip("redis")
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -116,9 +116,9 @@ def redis_db():
         if os.environ.get("CI"):
             pytest.fail(f"Redis is unreachable at {REDIS_URL} and CI is set: {exc}")
         pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}")
-    client.flushdb()
+    delete_test_keys(client)
     yield client
-    client.flushdb()
+    delete_test_keys(client)
     client.close()
 
 
@@ -276,14 +276,16 @@ def test_a_cluster_killed_mid_run_and_restarted_loses_nothing(redis_db, cluster,
     assert len(again) <= WORKERS * TASK_SIZE, again
 
 
-def test_redis_flushed_mid_run_loses_nothing(redis_db, cluster, worker_process):
+def test_redis_losing_the_queued_tasks_mid_run_loses_nothing(redis_db, cluster, worker_process):
     n = drain_count() // 5 + 200
     keys = send(n, sleep=0.005)
     start_relay(worker_process, "redis", RELAY_LEASE_SECONDS=4, RELAY_QUEUE_LIMIT=20)
     cluster(relay_env("redis"))
     wait_for(lambda: Call.objects.count() >= 50, timeout=120, interval=0.05)
-    assert redis_db.llen("django_q:outbox-tests:q") > 0
-    redis_db.flushdb()
+    assert redis_db.llen(f"{REDIS_PREFIX}q") > 0
+    # What a flushed or restarted Redis without persistence does to the cluster's tasks,
+    # confined to the test cluster's keys.
+    assert delete_test_keys(redis_db) > 0
     wait_for(lambda: done() == n, timeout=180, interval=0.5)
     assert keys_called() == Counter(keys)
     # The tasks that were in Redis are gone; their events were relayed again.

@@ -6,10 +6,13 @@ Imported by the test app's ``ready()``, so worker processes register them too.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import time
 
 import django.dispatch
+from django.db import DatabaseError, connection, transaction
 
 import outbox
 
@@ -23,6 +26,9 @@ misbehave = django.dispatch.Signal()
 hang = django.dispatch.Signal()
 spin = django.dispatch.Signal()
 hang_in_database = django.dispatch.Signal()
+leave_transaction = django.dispatch.Signal()
+unrecordable = django.dispatch.Signal()
+ctrl_c = django.dispatch.Signal()
 #: The chaos and memory runs.
 chaos = django.dispatch.Signal()
 nothing = django.dispatch.Signal()
@@ -53,8 +59,73 @@ def probe_c(sender, n, **kwargs):
 
 @outbox.receiver(misbehave, max_attempts=1)
 def raise_base_exception(sender, kind, **kwargs):
-    """Raises SystemExit or KeyboardInterrupt, as a receiver calling sys.exit() would."""
-    raise {"SystemExit": SystemExit(3), "KeyboardInterrupt": KeyboardInterrupt()}[kind]
+    """Raises an exception that is not an ``Exception``: SystemExit, as a receiver calling
+    sys.exit() would, KeyboardInterrupt, or what async code and generators raise."""
+    raise {
+        "SystemExit": SystemExit(3),
+        "KeyboardInterrupt": KeyboardInterrupt(),
+        "CancelledError": asyncio.CancelledError("the task was cancelled"),
+        "GeneratorExit": GeneratorExit(),
+        "BaseException": BaseException("a bare BaseException"),
+    }[kind]
+
+
+class UnprintableError(Exception):
+    """An exception with no text: its ``__str__`` and ``__repr__`` raise."""
+
+    def __str__(self):
+        raise ValueError("no text for you")
+
+    def __repr__(self):
+        raise ValueError("no repr either")
+
+
+@outbox.receiver(unrecordable, max_attempts=1)
+def raise_unrecordable(sender, kind, **kwargs):
+    """Raises an exception whose text the database would refuse as it stands."""
+    raise {
+        "str() raises": UnprintableError(),
+        "NUL": RuntimeError("before\x00after"),
+        "lone surrogate": RuntimeError("half a pair: \ud800"),
+    }[kind]
+
+
+@outbox.receiver(ctrl_c, max_attempts=1)
+def presses_ctrl_c(sender, **kwargs):
+    """Sends SIGINT to its own process, as Ctrl-C in a terminal does, then finishes."""
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)  # the signal is handled meanwhile, whatever handles it
+    Call.objects.create(receiver="presses_ctrl_c", key="", worker_pid=os.getpid())
+
+
+#: How ``leaves_transaction`` leaves the worker's connection.
+LEAVE_TRANSACTION = [
+    "set_autocommit(False)",
+    "atomic() never exited",
+    "raw BEGIN",
+    "raw BEGIN, failed, swallowed",
+]
+
+
+@outbox.receiver(leave_transaction, max_attempts=1)
+def leaves_transaction(sender, how, key, then_raise=False, **kwargs):
+    """Opens a transaction, writes a Call row in it and returns (or raises) without ending it."""
+    if how == "set_autocommit(False)":
+        transaction.set_autocommit(False)
+    elif how == "atomic() never exited":
+        transaction.atomic().__enter__()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+    Call.objects.create(receiver="leaves_transaction", key=key, worker_pid=os.getpid())
+    if how == "raw BEGIN, failed, swallowed":
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT * FROM no_such_table")
+        except DatabaseError:
+            pass  # on PostgreSQL the transaction is now aborted, and still open
+    if then_raise:
+        raise RuntimeError("the mail server is down")
 
 
 @outbox.receiver(hang, timeout=0.5, max_attempts=1)
