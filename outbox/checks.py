@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
+import difflib
 import importlib
 import importlib.util
-from numbers import Real
 from typing import Any
 
 from django.apps import apps
@@ -15,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
 from .conf import DEFAULTS
+from .limits import setting_problem
 from .registry import registry
 
 __all__ = [
@@ -25,27 +25,6 @@ __all__ = [
     "check_receivers_importable",
     "check_settings",
 ]
-
-_POSITIVE = (
-    "MAX_ATTEMPTS",
-    "BATCH_SIZE",
-    "MAX_PAYLOAD_BYTES",
-    "PRUNE_BATCH_SIZE",
-    "RELAY_TASK_SIZE",
-    "RELAY_QUEUE_LIMIT",
-)
-_POSITIVE_REAL = (
-    "BACKOFF_BASE_SECONDS",
-    "BACKOFF_MAX_SECONDS",
-    "LEASE_SECONDS",
-    "POLL_INTERVAL",
-    "PRUNE_INTERVAL",
-    "RELAY_LEASE_SECONDS",
-)
-
-
-def _positive_real(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and value > 0
 
 
 @register()
@@ -109,39 +88,28 @@ def check_receivers_importable(app_configs: Any = None, **kwargs: Any) -> list[E
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """outbox.E004/E005: unknown or invalid OUTBOX settings, or an unknown DATABASE."""
+    """outbox.E004/E005/E007: unknown or invalid OUTBOX settings, or an unknown DATABASE.
+
+    E004 is a value of the wrong type (or not positive), E007 a value out of the range the
+    outbox can hold (``outbox.limits``): each is refused again when the setting is read.
+    """
     user = getattr(django_settings, "OUTBOX", None) or {}
     if not isinstance(user, dict):
         return [Error("The OUTBOX setting must be a dict.", hint="See the README.", id="outbox.E004")]
     errors = []
     for key, value in user.items():
-        problem = None
         if key not in DEFAULTS:
-            problem = "is not a setting of django-signal-outbox"
-        elif key in _POSITIVE and (type(value) is not int or value < 1):
-            problem = "must be a positive integer"
-        elif key in _POSITIVE_REAL and not _positive_real(value):
-            problem = "must be a positive number"
-        elif key == "PRUNE_AFTER" and not (
-            value is None
-            or _positive_real(value)
-            or (isinstance(value, datetime.timedelta) and value > datetime.timedelta(0))
-        ):
-            problem = "must be None, a positive number of seconds or a positive timedelta"
-        elif (
-            key in ("DATABASE", "NOTIFY_CHANNEL", "DISPATCHER")
-            and value is not None
-            and not isinstance(value, str)
-        ):
-            problem = "must be a string"
-        if problem:
+            close = difflib.get_close_matches(str(key), DEFAULTS, n=1)
             errors.append(
                 Error(
-                    f"OUTBOX[{key!r}] = {value!r} {problem}.",
-                    hint=f"Valid settings and their defaults: {', '.join(sorted(DEFAULTS))}.",
+                    f"OUTBOX[{key!r}] = {value!r} is not a setting of django-signal-outbox.",
+                    hint=(f"Did you mean {close[0]!r}? " if close else "")
+                    + f"Valid settings and their defaults: {', '.join(sorted(DEFAULTS))}.",
                     id="outbox.E004",
                 )
             )
+        elif problem := setting_problem(key, value):
+            errors.append(Error(problem.msg, hint=problem.hint, id=problem.id))
     alias = user.get("DATABASE")
     if isinstance(alias, str) and alias not in django_settings.DATABASES:
         errors.append(

@@ -11,7 +11,10 @@ import datetime
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+
+from .limits import setting_problem
 
 __all__ = ["DEFAULTS", "settings"]
 
@@ -60,24 +63,38 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Settings:
-    """Attribute access to the ``OUTBOX`` setting, falling back to :data:`DEFAULTS`."""
+    """Attribute access to the ``OUTBOX`` setting, falling back to :data:`DEFAULTS`.
+
+    Each value is checked (``outbox.limits``) when it is first read, so a value
+    ``manage.py check`` reports also fails clearly where it is used: before a send writes
+    anything, or before a worker starts, rather than deep in a query or a wait.
+    """
 
     def __init__(self) -> None:
-        self._user: dict[str, Any] | None = None
+        # Cached: the send path reads settings on every signal (profiled with bench/).
+        self._values: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            pass
         if name not in DEFAULTS:
             raise AttributeError(f"outbox has no setting {name!r}")
-        user = self._user
-        if user is None:
-            # Cached: the send path reads settings on every signal (profiled with bench/).
-            user = self._user = getattr(django_settings, "OUTBOX", None) or {}
-        return user.get(name, DEFAULTS[name])
+        user = getattr(django_settings, "OUTBOX", None) or {}
+        if not isinstance(user, dict):
+            raise ImproperlyConfigured(f"the OUTBOX setting must be a dict, not {user!r} (outbox.E004)")
+        value = user.get(name, DEFAULTS[name])
+        problem = setting_problem(name, value)
+        if problem is not None:
+            raise ImproperlyConfigured(f"{problem.msg} {problem.hint} ({problem.id})")
+        self._values[name] = value
+        return value
 
     def reload(self, **kwargs: Any) -> None:
-        """Forget the cached ``OUTBOX`` dict; connected to ``setting_changed``."""
+        """Forget the cached values; connected to ``setting_changed``."""
         if kwargs.get("setting", "OUTBOX") == "OUTBOX":
-            self._user = None
+            self._values = {}
 
     @property
     def database(self) -> str:

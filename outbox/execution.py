@@ -113,7 +113,8 @@ def backoff_delay(attempts: int) -> float:
     together spread out without any retrying much sooner than planned.
     """
     base, cap = settings.BACKOFF_BASE_SECONDS, settings.BACKOFF_MAX_SECONDS
-    delay = min(cap, base * 2 ** max(attempts - 1, 0))
+    # The exponent is capped: MAX_ATTEMPTS may be 2**31 - 1, and 2 ** 1024 is no float.
+    delay = min(cap, base * 2 ** min(max(attempts - 1, 0), 1000))
     return random.uniform(delay / 2, delay)
 
 

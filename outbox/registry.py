@@ -18,17 +18,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps
 from django.db import transaction
 from django.dispatch import Signal
 from django.dispatch.dispatcher import _make_id
 
-from . import queries, serialization
+from . import limits, queries, serialization
 from .conf import settings
 from .exceptions import RegistrationError, SerializationError
+from .lazy_senders import Pending, model_key
 
 __all__ = ["ReceiverSpec", "connect", "disconnect", "get_receiver", "get_signal", "registry"]
 
 DELIVERIES = ("outbox", "on_commit")
+
+#: A receiver's timeout= is armed with setitimer, which overflows long before timedelta does.
+_TIMEOUT = limits.Range(float, 0, limits.MAX_SECONDS, above=True, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,12 @@ class Registry:
         self.signals: dict[str, Signal] = {}
         self._names: weakref.WeakKeyDictionary[Signal, str] = weakref.WeakKeyDictionary()
         # The proxy of each signal and sender that has deferred receivers.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a lazy sender's hand-off defers under it
         self._groups: weakref.WeakKeyDictionary[Signal, dict[Any, _DeferToOutbox]] = (
             weakref.WeakKeyDictionary()
         )
+        # Receivers of lazy senders whose model is not registered yet.
+        self._pending: dict[tuple[Signal, tuple[str, str]], Pending] = {}
 
     def signal_name(self, signal: Signal) -> str:
         """The dotted path of the module attribute that defines ``signal``."""
@@ -68,7 +75,36 @@ class Registry:
 
     def defer(self, signal: Signal, sender: Any, uid: Any, spec: ReceiverSpec) -> None:
         """Add a deferred receiver to the proxy of ``signal`` for ``sender``, connecting the
-        proxy on first use. Like ``Signal.connect()``, a second ``uid`` is ignored."""
+        proxy on first use. Like ``Signal.connect()``, a second ``uid`` is ignored.
+
+        A model signal's lazy sender (``"app_label.ModelName"``) joins the proxy of the model
+        it names, as soon as that model is registered: Django resolves it to the class, and
+        keeps only one proxy per class.
+        """
+        key = model_key(signal, sender)
+        if key is None:
+            self._defer(signal, sender, uid, spec)
+            return
+        name = self.signal_name(signal)  # refused now, not when the model registers
+        with self._lock:
+            pending = self._pending.get((signal, key))
+            if pending is None:
+                pending = self._pending[(signal, key)] = Pending(signal, key, name, self._hand_over)
+                first = True
+            else:
+                first = False
+            pending.specs.setdefault(uid, spec)
+        if first:  # outside the lock: runs at once when the model is registered already
+            apps.lazy_model_operation(pending, key)
+
+    def _hand_over(self, pending: Pending, model: Any) -> None:
+        """A lazy sender's model is registered: its receivers join the model's proxy."""
+        with self._lock:  # so that forget() finds each receiver either here or in the proxy
+            del self._pending[(pending.signal, pending.key)]
+            for uid, spec in pending.specs.items():
+                self._defer(pending.signal, model, uid, spec)
+
+    def _defer(self, signal: Signal, sender: Any, uid: Any, spec: ReceiverSpec) -> None:
         with self._lock:
             proxies = self._groups.setdefault(signal, {})
             key = _make_id(sender)
@@ -85,6 +121,16 @@ class Registry:
         The proxy is disconnected with its last receiver, so ``has_listeners()`` is false
         again. The receiver stays registered by path: rows already written still run.
         """
+        key = model_key(signal, sender)
+        if key is not None:
+            with self._lock:
+                pending = self._pending.get((signal, key))
+                if pending is not None and pending.specs.pop(uid, None) is not None:
+                    return True  # its model is not registered yet: it never joins the proxy
+            try:
+                sender = apps.get_registered_model(*key)
+            except LookupError:
+                return False
         with self._lock:
             proxies = self._groups.get(signal, {})
             key = _make_id(sender)
@@ -275,10 +321,13 @@ def connect(
     """
     if delivery not in DELIVERIES:
         raise RegistrationError(f"delivery must be one of {DELIVERIES}, not {delivery!r}")
-    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-        raise RegistrationError(f"max_attempts must be a positive integer, not {max_attempts!r}")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise RegistrationError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    # Refused here, not by the column at send time (which aborts the sender's transaction).
+    if max_attempts is not None and not limits.SETTINGS["MAX_ATTEMPTS"].holds(max_attempts):
+        raise RegistrationError(
+            f"max_attempts must be {limits.SETTINGS['MAX_ATTEMPTS'].describe()}, not {max_attempts!r}"
+        )
+    if timeout is not None and not _TIMEOUT.holds(timeout):
+        raise RegistrationError(f"timeout must be {_TIMEOUT.describe()}, not {timeout!r}")
     if delivery == "outbox":
         spec = ReceiverSpec(receiver_path(func), func, max_attempts, timeout)
         registry.add_receiver(spec)

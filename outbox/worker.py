@@ -22,8 +22,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connections
 
-from . import pruning, queries
-from .conf import settings
+from . import limits, pruning, queries
+from .conf import DEFAULTS, settings
 from .dispatch import Dispatcher, get_dispatcher
 from .execution import Outcome
 from .heartbeat import Heartbeat
@@ -73,6 +73,7 @@ class Worker:
         self.lease_seconds = (
             lease_seconds or getattr(self.dispatcher, "lease_seconds", None) or settings.LEASE_SECONDS
         )
+        self._refuse_bad_numbers()
         self.listen = listen and not once and can_listen(self.database)
         self.once = once
         self.check_migrations = check_migrations
@@ -85,6 +86,20 @@ class Worker:
         self._heartbeat = Heartbeat(self.database, self.lease_seconds)
         self._signal_count = 0
         self._next_prune = 0.0  # monotonic time of the next pruning visit; 0: at start
+
+    def _refuse_bad_numbers(self) -> None:
+        """Refuse to start on a setting or an argument out of its range, rather than die of
+        it later (an OverflowError in a wait, a datetime, or a query)."""
+        for name in DEFAULTS:
+            getattr(settings, name)  # each raises ImproperlyConfigured, naming its problem
+        for name, key in (
+            ("batch_size", "BATCH_SIZE"),
+            ("poll_interval", "POLL_INTERVAL"),
+            ("lease_seconds", "LEASE_SECONDS"),
+        ):
+            value, allowed = getattr(self, name), limits.SETTINGS[key]
+            if not allowed.holds(value):
+                raise ImproperlyConfigured(f"the worker's {name} must be {allowed.describe()}, not {value!r}")
 
     # --- lifecycle -------------------------------------------------------------------
 

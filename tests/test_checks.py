@@ -66,6 +66,7 @@ def test_a_receiver_not_importable_by_its_path_is_outbox_e003():
         ({"MAX_ATTEMPS": 3}, "is not a setting"),
         ({"MAX_ATTEMPTS": 0}, "positive integer"),
         ({"LEASE_SECONDS": "60"}, "positive number"),
+        ({"POLL_INTERVAL": float("nan")}, "positive number"),
         ({"BATCH_SIZE": True}, "positive integer"),
         ({"DATABASE": 3}, "must be a string"),
     ],
@@ -73,7 +74,14 @@ def test_a_receiver_not_importable_by_its_path_is_outbox_e003():
 def test_invalid_settings_are_outbox_e004(outbox_setting, fragment):
     with override_settings(OUTBOX=outbox_setting):
         [error] = checks.check_settings()
-    assert error.id == "outbox.E004" and fragment in error.msg and "MAX_ATTEMPTS" in error.hint
+    [key] = outbox_setting
+    assert error.id == "outbox.E004" and fragment in error.msg and key in error.msg and error.hint
+
+
+def test_a_misspelt_setting_is_outbox_e004_suggesting_the_right_name():
+    with override_settings(OUTBOX={"MAX_ATTEMPS": 3}):
+        [error] = checks.check_settings()
+    assert "Did you mean 'MAX_ATTEMPTS'?" in error.hint
 
 
 def test_an_unknown_database_alias_is_outbox_e005():

@@ -111,7 +111,7 @@ def test_dry_run_counts_and_deletes_nothing():
 def test_older_than_is_required_and_batch_size_is_bounded():
     assert "--older-than" in run("outbox_prune").err
     result = run("outbox_prune", "--older-than", "1d", "--batch-size", "0")
-    assert "must be between 1 and 100000" in result.err
+    assert "must be a whole number from 1 to 100000" in result.err
 
 
 def test_durations_add_up_their_parts():

@@ -9,17 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from outbox import pruning, queries
+from outbox.limits import SETTINGS
 from outbox.management import arguments
-
-
-def _batch_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and 100000")
-    return value
 
 
 class Command(BaseCommand):
@@ -43,7 +34,9 @@ class Command(BaseCommand):
             help="Status to delete (repeatable; default: done).",
         )
         parser.add_argument(
-            "--batch-size", type=_batch_size, help="Rows per DELETE (default: OUTBOX['PRUNE_BATCH_SIZE'])."
+            "--batch-size",
+            type=arguments.within(SETTINGS["PRUNE_BATCH_SIZE"]),
+            help="Rows per DELETE (default: OUTBOX['PRUNE_BATCH_SIZE']).",
         )
         parser.add_argument("--database", help="Database alias (default: OUTBOX['DATABASE']).")
         parser.add_argument(

@@ -11,8 +11,10 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from outbox.checks import check_settings
 from outbox.conf import settings
-from outbox.management.arguments import positive
+from outbox.limits import SETTINGS
+from outbox.management.arguments import within
 from outbox.worker import Worker
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -32,9 +34,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--database", help="Database alias to drain (default: OUTBOX['DATABASE']).")
-        parser.add_argument("--batch-size", type=positive(int), help="Events claimed per statement.")
-        parser.add_argument("--poll-interval", type=positive(float), help="Seconds between polls.")
-        parser.add_argument("--lease-seconds", type=positive(float), help="Lease of a claimed event.")
+        parser.add_argument(
+            "--batch-size", type=within(SETTINGS["BATCH_SIZE"]), help="Events claimed per statement."
+        )
+        parser.add_argument(
+            "--poll-interval", type=within(SETTINGS["POLL_INTERVAL"]), help="Seconds between polls."
+        )
+        parser.add_argument(
+            "--lease-seconds", type=within(SETTINGS["LEASE_SECONDS"]), help="Lease of a claimed event."
+        )
         parser.add_argument("--once", action="store_true", help="Drain everything due now, then exit.")
         parser.add_argument(
             "--no-listen",
@@ -43,6 +51,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Refuse to start on a bad setting (as manage.py's own checks do, unless skipped)
+        # rather than die of it later, in a wait, a datetime or a query. The migrations are
+        # checked by the worker, which waits out an unreachable database first.
+        problems = check_settings()
+        if problems:
+            raise CommandError(
+                "refusing to start: "
+                + "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in problems)
+            )
         worker = Worker(
             options["database"] or settings.database,
             batch_size=options["batch_size"],
