@@ -92,12 +92,17 @@ def test_a_worker_process_records_every_unrecordable_error_and_stays_up(worker_p
 def test_ctrl_c_where_python_turns_it_into_keyboardinterrupt_stops_the_run():
     # A batch run outside Worker.run() (a shell, a script) keeps Python's SIGINT handler:
     # Ctrl-C during a receiver is the operator stopping the process, not its failure.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with transaction.atomic():
-        ctrl_c.send(sender=None)
-        work.send(sender=None, key="after")
-    with pytest.raises(KeyboardInterrupt):
-        Worker(listen=False, once=True).run_batch()
+    # Installed here: a shell that starts the suite in the background (nohup, CI runners)
+    # may leave SIGINT ignored, and this test is about Python's own handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with transaction.atomic():
+            ctrl_c.send(sender=None)
+            work.send(sender=None, key="after")
+        with pytest.raises(KeyboardInterrupt):
+            Worker(listen=False, once=True).run_batch()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     interrupted = _failed("ctrl_c")
     assert interrupted.status == "running", "left to its lease, not recorded as failed"
     assert interrupted.last_error == ""
