@@ -89,6 +89,24 @@ def delete_test_keys(client) -> int:
     return client.delete(*keys) if keys else 0
 
 
+@pytest.fixture
+def redis_db():
+    """The tests' Redis database, with the test cluster's keys deleted before and after
+    (never FLUSHDB: other clients may use the same database)."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is unreachable at {REDIS_URL} and CI is set: {exc}")
+        pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}")
+    delete_test_keys(client)
+    yield client
+    delete_test_keys(client)
+    client.close()
+
+
 @pytest.fixture(autouse=True)
 def _reset_receivers():
     receivers.CALLS.clear()

@@ -8,9 +8,7 @@ import subprocess
 import sys
 import uuid
 
-import pytest
-
-from tests.conftest import DISRUPTIVE_VARIABLE, REDIS_PREFIX, REDIS_URL, ROOT, delete_test_keys
+from tests.conftest import DISRUPTIVE_VARIABLE, REDIS_PREFIX, ROOT, delete_test_keys
 
 RESTART_TEST = "tests/test_chaos.py::test_a_postgresql_restart_amid_kills_loses_nothing"
 
@@ -33,22 +31,13 @@ def test_the_postgresql_restart_test_is_skipped_unless_opted_in():
         assert DISRUPTIVE_VARIABLE in result.stdout, result.stdout[-2000:]
 
 
-def test_the_tests_redis_cleanup_deletes_only_their_cluster_keys():
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is unreachable at {REDIS_URL} and CI is set: {exc}")
-        pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}")
+def test_the_tests_redis_cleanup_deletes_only_their_cluster_keys(redis_db):
     theirs, ours = f"someone-else:{uuid.uuid4().hex}", f"{REDIS_PREFIX}{uuid.uuid4().hex}"
     try:
-        client.set(theirs, "keep me", ex=60)
-        client.set(ours, "test leftovers", ex=60)
-        assert delete_test_keys(client) >= 1
-        assert client.get(theirs) == b"keep me"
-        assert client.get(ours) is None
+        redis_db.set(theirs, "keep me", ex=60)
+        redis_db.set(ours, "test leftovers", ex=60)
+        assert delete_test_keys(redis_db) >= 1
+        assert redis_db.get(theirs) == b"keep me"
+        assert redis_db.get(ours) is None
     finally:
-        client.delete(theirs, ours)
-        client.close()
+        redis_db.delete(theirs, ours)
