@@ -182,7 +182,7 @@ def _describe(value: Any) -> str:
     return f"a {name} ({value!r:.60})"
 
 
-def _encode_instance(obj: models.Model, where: str, depth: int) -> dict[str, Any]:
+def _encode_instance(obj: models.Model, where: Any, depth: int) -> dict[str, Any]:
     meta = obj._meta
     if obj.pk is None:
         raise SerializationError(f"{_path(where)} is an unsaved {meta.label} instance (its pk is None)")
@@ -219,7 +219,9 @@ def encode_payload(sender: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Encode a signal's ``sender`` and keyword arguments for one event row.
 
     ``kwargs`` stays an object (readable in the admin and in SQL); when jsonb would
-    reorder its names, ``order`` lists them as they were sent.
+    reorder its names, ``order`` lists them as they were sent, joined by commas (one
+    string costs the encoder a fifth of five). Names holding a comma are written as
+    ``[name, value]`` pairs instead, as are names holding NUL (see :func:`dumps`).
     """
     names = {name: encode(value, name) for name, value in kwargs.items()}
     payload = {"sender": encode(sender, "sender"), "kwargs": names}
@@ -227,16 +229,19 @@ def encode_payload(sender: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         key = tuple(names)
         order = _ORDERS.get(key, False)
         if order is False:
-            order = None if _in_jsonb_order(key) else list(key)
+            order = None if _in_jsonb_order(key) else ",".join(key) if "," not in "".join(key) else ""
             if len(_ORDERS) < 1000:  # a signal sends the same names each time
                 _ORDERS[key] = order
-        if order is not None:
+        if order:
             payload["order"] = order
+        elif order is not None:
+            payload["kwargs"] = [[name, value] for name, value in names.items()]
     return payload
 
 
-# For each tuple of argument names: None if jsonb keeps their order, else the list of them.
-_ORDERS: dict[tuple[str, ...], list[str] | None] = {}
+# For each tuple of argument names: None if jsonb keeps their order, else what "order" says
+# ("" if a name holds a comma).
+_ORDERS: dict[tuple[str, ...], str | None] = {}
 
 
 # One encoder for every send: json.dumps() with options builds a new one on each call.
@@ -276,16 +281,18 @@ def _is_utf8(text: str) -> bool:
 def _writable(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload with every NUL out of its strings and keys; raise SerializationError
     for a string or int that cannot be written at all."""
-    kwargs: dict[str, Any] = payload["kwargs"]
-    names = {name: _clean(name, f"the argument name {name!r}") for name in kwargs}
     out = {"sender": _clean(payload["sender"], "sender")}
-    values = [_clean(value, name) for name, value in kwargs.items()]
-    if all(type(n) is str for n in names.values()):
-        out["kwargs"] = dict(zip(kwargs, values, strict=True))
+    kwargs = payload["kwargs"]
+    pairs = [
+        (_clean(name, f"the argument name {name!r}"), _clean(value, name))
+        for name, value in (kwargs.items() if type(kwargs) is dict else kwargs)
+    ]
+    if type(kwargs) is dict and all(type(name) is str for name, _ in pairs):
+        out["kwargs"] = dict(pairs)
         if "order" in payload:
             out["order"] = payload["order"]
-    else:  # a name holds NUL: [name, value] pairs, in order
-        out["kwargs"] = [[n, v] for n, v in zip(names.values(), values, strict=True)]
+    else:  # a name holds NUL or a comma: [name, value] pairs, in order
+        out["kwargs"] = [list(pair) for pair in pairs]
     return out
 
 
@@ -384,11 +391,12 @@ class PayloadDecoder:
             raise DispatchError("the payload is not an object with 'sender' and 'kwargs'")
         try:
             sender = self._decode(payload.get("sender"), 0)
-            # An object of names, or [name, value] pairs when a name holds NUL.
+            # An object of names, or [name, value] pairs when a name holds NUL or a comma.
             pairs = names.items() if type(names) is dict else ((self._decode(n, 0), v) for n, v in names)
             kwargs = {str(k): self._decode(v, 0) for k, v in pairs}
             order = payload.get("order")
             if order is not None:
+                order = order.split(",")
                 if sorted(order) != sorted(kwargs):
                     raise DispatchError("the payload's 'order' does not list its kwargs")
                 kwargs = {name: kwargs[name] for name in order}

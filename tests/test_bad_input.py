@@ -10,6 +10,7 @@ from django.contrib.sessions.models import Session
 from django.db import connection, transaction
 from django.db.models.functions import Upper
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from outbox import PayloadTooLarge, SerializationError
@@ -127,9 +128,13 @@ def test_a_value_that_cannot_be_written_raises_a_serialization_error_naming_it(c
     value, message = UNWRITABLE[case]
     with transaction.atomic():
         Person.objects.create(name="before")
-        with pytest.raises(SerializationError, match=message) as info:
+        with (
+            CaptureQueriesContext(connection) as queries,
+            pytest.raises(SerializationError, match=message) as info,
+        ):
             work.send(sender=None, key="bad", note=value)
         assert "tests.testapp.signals.work" in str(info.value)
+        assert queries.captured_queries == []
         # Raised before any SQL: the transaction goes on and commits its own writes.
         Person.objects.create(name="after")
     assert Person.objects.count() == 2

@@ -153,6 +153,8 @@ def test_the_sender_and_the_argument_names_arrive_unchanged():
     sender, kwargs = deliver(sender="x\x00y", **{"name\x00": "value\x00", "__outbox__": "dict", "v": []})
     assert same(sender, "x\x00y")
     assert same(kwargs, {"name\x00": "value\x00", "__outbox__": "dict", "v": []})
+    sender, kwargs = deliver(**{"b": 1, "a,b": 2, "a": 3})
+    assert same(kwargs, {"b": 1, "a,b": 2, "a": 3})
 
 
 # --- dates and times -------------------------------------------------------------------
