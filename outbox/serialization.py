@@ -77,18 +77,12 @@ def encode(value: Any, where: Any = "value", _depth: int = 0) -> Any:
         if -1e16 < value < 1e16 and (value or math.copysign(1.0, value) > 0):
             return value
         return {TAG: "float", "v": repr(value)}
+    # Containers are encoded by helpers: a comprehension here would make every call,
+    # the many for plain values too, pay for closure cells.
     if kind is list:
-        return [encode(v, (where, i), depth) for i, v in enumerate(value)]
+        return _encode_items(value, where, depth)
     if kind is dict:
-        ordered = _in_jsonb_order(value)
-        if ordered and TAG not in value:
-            return {k: encode(v, (where, k), depth) for k, v in value.items()}
-        key = (where, _KEY)
-        if ordered is None:  # keys that are not str: encoded like values
-            pairs = [[encode(k, key, depth), encode(v, (where, k), depth)] for k, v in value.items()]
-        else:  # str keys that jsonb would reorder, or the tag among them
-            pairs = [[k, encode(v, (where, k), depth)] for k, v in value.items()]
-        return {TAG: "dict", "v": pairs}
+        return _encode_dict(value, where, depth)
     if isinstance(value, models.Model):
         return _encode_instance(value, where, depth)
     if isinstance(value, type) and issubclass(value, models.Model):
@@ -98,7 +92,7 @@ def encode(value: Any, where: Any = "value", _depth: int = 0) -> Any:
     if isinstance(value, (tuple, set, frozenset)):
         tag = "tuple" if isinstance(value, tuple) else "set"
         tag = "frozenset" if isinstance(value, frozenset) else tag
-        return {TAG: tag, "v": [encode(v, (where, i), depth) for i, v in enumerate(value)]}
+        return {TAG: tag, "v": _encode_items(value, where, depth)}
     if isinstance(value, datetime.datetime):
         return _moment("datetime", value)
     if isinstance(value, datetime.date):
@@ -117,7 +111,7 @@ def encode(value: Any, where: Any = "value", _depth: int = 0) -> Any:
         # Never evaluated here: that would cost a query in the sender's transaction,
         # and for post_delete's ``origin`` the rows are already gone.
         cache = value._result_cache
-        pks = None if cache is None else [encode(o.pk, where, depth) for o in cache]
+        pks = None if cache is None else _encode_items([o.pk for o in cache], where, depth)
         return {TAG: "queryset", "label": value.model._meta.label, "db": value.db, "pks": pks}
     if isinstance(value, HttpRequest):
         return _encode_request(value)
@@ -127,6 +121,22 @@ def encode(value: Any, where: Any = "value", _depth: int = 0) -> Any:
         f"{_path(where)} is {_describe(value)}, which cannot be stored as JSON; pass plain data, "
         f"a saved model instance or its primary key instead"
     )
+
+
+def _encode_items(values: Any, where: Any, depth: int) -> list[Any]:
+    return [encode(v, (where, i), depth) for i, v in enumerate(values)]
+
+
+def _encode_dict(value: dict[Any, Any], where: Any, depth: int) -> dict[str, Any]:
+    ordered = _in_jsonb_order(value)
+    if ordered and TAG not in value:
+        return {k: encode(v, (where, k), depth) for k, v in value.items()}
+    if ordered is None:  # keys that are not str: encoded like values
+        key = (where, _KEY)
+        pairs = [[encode(k, key, depth), encode(v, (where, k), depth)] for k, v in value.items()]
+    else:  # str keys that jsonb would reorder, or the tag among them
+        pairs = [[k, encode(v, (where, k), depth)] for k, v in value.items()]
+    return {TAG: "dict", "v": pairs}
 
 
 _KEY = object()  # the step of a dict's key in a (parent, step) path
