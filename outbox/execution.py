@@ -24,9 +24,9 @@ from django.utils import timezone
 
 from . import queries
 from .conf import settings
+from .decoding import PayloadDecoder
 from .exceptions import DispatchError, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
-from .serialization import PayloadDecoder
 
 __all__ = ["Outcome", "ReceiverTimeout", "backoff_delay", "run_claimed"]
 

@@ -21,8 +21,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 import outbox
+from outbox.decoding import PayloadDecoder
 from outbox.models import Event
-from outbox.serialization import PayloadDecoder, dumps, encode, encode_payload
+from outbox.serialization import dumps, encode, encode_payload
 from outbox.worker import Worker
 from tests.conftest import calls
 from tests.testapp import receivers
