@@ -22,9 +22,9 @@ from django.db import connections
 
 from . import queries
 from .conf import settings
+from .decoding import PayloadDecoder
 from .exceptions import DispatchError, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
-from .serialization import PayloadDecoder
 from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
 
 __all__ = ["Outcome", "ReceiverTimeout", "backoff_delay", "run_claimed"]

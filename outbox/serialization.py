@@ -1,13 +1,19 @@
-"""JSON encoding of signal arguments: what a row may hold, and how it comes back.
+"""JSON encoding of signal arguments: what a row may hold (:mod:`outbox.decoding` brings
+it back).
 
 Only data is stored, never code: a payload names model classes by their app label and
 nothing else, so a row in the table cannot make the worker import or call anything.
 Values JSON cannot hold natively are written as ``{"__outbox__": tag, ...}`` objects.
 
+PostgreSQL stores the payload as ``jsonb``, which refuses NUL and rewrites what it keeps:
+numbers become ``numeric`` (``1e16`` comes back as an int, ``-0.0`` as ``0.0``) and object
+keys are reordered. So the payload never holds what jsonb would refuse or change: such
+floats are tagged, a dict whose keys jsonb would reorder is written as a list of pairs,
+and strings holding NUL are tagged as their NUL-free parts. SQLite gets the same payload,
+so both databases deliver the same values.
+
 Model instances are stored as label, database, primary key and a snapshot of their
-concrete field values. At dispatch they are re-fetched in one query per model and
-database for the whole batch; an instance whose row is gone (``post_delete``) is rebuilt
-from its snapshot.
+concrete field values.
 """
 
 from __future__ import annotations
@@ -17,17 +23,18 @@ import datetime
 import decimal
 import json
 import math
+import sys
 import uuid
-from collections import defaultdict
+import zoneinfo
+from collections.abc import Iterable
 from typing import Any
 
-from django.apps import apps
 from django.db import models
-from django.http import HttpRequest, QueryDict
+from django.http import HttpRequest
 
-from .exceptions import DispatchError, PayloadTooLarge, SerializationError
+from .exceptions import PayloadTooLarge, SerializationError
 
-__all__ = ["PayloadDecoder", "dumps", "encode", "encode_payload"]
+__all__ = ["dumps", "encode", "encode_payload"]
 
 TAG = "__outbox__"
 _MAX_DEPTH = 64
@@ -48,47 +55,46 @@ _REQUEST_META = (
 _PLAIN = (str, int, bool, type(None))
 
 
-def encode(value: Any, where: str = "value", _depth: int = 0) -> Any:
+def encode(value: Any, where: Any = "value", _depth: int = 0) -> Any:
     """Return a JSON-compatible form of ``value``; raise :class:`SerializationError`.
 
-    ``where`` names the value in error messages (``"followed"``, ``"pk_set[0]"``).
+    ``where`` names the value in error messages (``"followed"``, ``"pk_set[0]"``): a str,
+    or inside containers a ``(parent, step)`` pair that only an error turns into text.
     """
     if _depth > _MAX_DEPTH:
-        raise SerializationError(f"{where} is nested too deeply (a cycle?)")
+        raise SerializationError(f"{_path(where)} is nested too deeply (a cycle?)")
     kind = type(value)
     if kind in _PLAIN:
         return value
     depth = _depth + 1
     if kind is float:
-        return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
+        # Not NaN or inf (not JSON), nor what jsonb's numeric rewrites: -0.0, and from 1e16
+        # up, which Python writes with an exponent and numeric gives back as an integer.
+        if -1e16 < value < 1e16 and (value or math.copysign(1.0, value) > 0):
+            return value
+        return {TAG: "float", "v": repr(value)}
+    # Containers are encoded by helpers: a comprehension here would make every call,
+    # the many for plain values too, pay for closure cells.
     if kind is list:
-        return [encode(v, f"{where}[{i}]", depth) for i, v in enumerate(value)]
+        return _encode_items(value, where, depth)
     if kind is dict:
-        if all(type(k) is str for k in value) and TAG not in value:
-            return {k: encode(v, f"{where}[{k!r}]", depth) for k, v in value.items()}
-        return {
-            TAG: "dict",
-            "v": [
-                [encode(k, f"{where} key", depth), encode(v, f"{where}[{k!r}]", depth)]
-                for k, v in value.items()
-            ],
-        }
+        return _encode_dict(value, where, depth)
     if isinstance(value, models.Model):
         return _encode_instance(value, where, depth)
     if isinstance(value, type) and issubclass(value, models.Model):
         if value._meta.abstract:
-            raise SerializationError(f"{where} is the abstract model {value.__name__}")
+            raise SerializationError(f"{_path(where)} is the abstract model {value.__name__}")
         return {TAG: "modelclass", "label": value._meta.label}
     if isinstance(value, (tuple, set, frozenset)):
         tag = "tuple" if isinstance(value, tuple) else "set"
         tag = "frozenset" if isinstance(value, frozenset) else tag
-        return {TAG: tag, "v": [encode(v, f"{where}[{i}]", depth) for i, v in enumerate(value)]}
+        return {TAG: tag, "v": _encode_items(value, where, depth)}
     if isinstance(value, datetime.datetime):
-        return {TAG: "datetime", "v": value.isoformat()}
+        return _moment("datetime", value)
     if isinstance(value, datetime.date):
         return {TAG: "date", "v": value.isoformat()}
     if isinstance(value, datetime.time):
-        return {TAG: "time", "v": value.isoformat()}
+        return _moment("time", value)
     if isinstance(value, datetime.timedelta):
         return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, decimal.Decimal):
@@ -101,16 +107,72 @@ def encode(value: Any, where: str = "value", _depth: int = 0) -> Any:
         # Never evaluated here: that would cost a query in the sender's transaction,
         # and for post_delete's ``origin`` the rows are already gone.
         cache = value._result_cache
-        pks = None if cache is None else [encode(o.pk, where, depth) for o in cache]
+        pks = None if cache is None else _encode_items([o.pk for o in cache], where, depth)
         return {TAG: "queryset", "label": value.model._meta.label, "db": value.db, "pks": pks}
     if isinstance(value, HttpRequest):
         return _encode_request(value)
     if isinstance(value, (str, int, float)):  # subclasses, such as Django's choices
         return encode(_base_value(value), where, _depth)
     raise SerializationError(
-        f"{where} is {_describe(value)}, which cannot be stored as JSON; pass plain data, "
+        f"{_path(where)} is {_describe(value)}, which cannot be stored as JSON; pass plain data, "
         f"a saved model instance or its primary key instead"
     )
+
+
+def _encode_items(values: Any, where: Any, depth: int) -> list[Any]:
+    return [encode(v, (where, i), depth) for i, v in enumerate(values)]
+
+
+def _encode_dict(value: dict[Any, Any], where: Any, depth: int) -> dict[str, Any]:
+    ordered = _in_jsonb_order(value)
+    if ordered and TAG not in value:
+        return {k: encode(v, (where, k), depth) for k, v in value.items()}
+    if ordered is None:  # keys that are not str: encoded like values
+        key = (where, _KEY)
+        pairs = [[encode(k, key, depth), encode(v, (where, k), depth)] for k, v in value.items()]
+    else:  # str keys that jsonb would reorder, or the tag among them
+        pairs = [[k, encode(v, (where, k), depth)] for k, v in value.items()]
+    return {TAG: "dict", "v": pairs}
+
+
+_KEY = object()  # the step of a dict's key in a (parent, step) path
+
+
+def _path(where: Any) -> str:
+    """``where`` as text: ``followed[2]['deep']``, ``followed key``."""
+    steps = []
+    while type(where) is tuple:
+        where, step = where
+        steps.append(" key" if step is _KEY else f"[{step!r}]")
+    return str(where) + "".join(reversed(steps))
+
+
+def _in_jsonb_order(keys: Iterable[Any]) -> bool | None:
+    """True if jsonb would keep these str keys in this order, False if it would not (it
+    sorts an object's keys by UTF-8 length, then bytewise: code point order); None if
+    some key is not a str."""
+    size, last = -1, ""
+    for key in keys:
+        if type(key) is not str:
+            return None
+        n = len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass"))
+        if n < size or (n == size and key < last):
+            return False
+        size, last = n, key
+    return True
+
+
+def _moment(tag: str, value: datetime.datetime | datetime.time) -> dict[str, Any]:
+    """A datetime or time: ``isoformat()`` holds the offset, not the zone, nor ``fold``
+    (which of a repeated wall time); without them a time in a DST overlap would come back
+    unequal to itself, and arithmetic would ignore the zone's later transitions."""
+    encoded = {TAG: tag, "v": value.isoformat()}
+    zone = value.tzinfo
+    if isinstance(zone, zoneinfo.ZoneInfo) and zone.key:
+        encoded["tz"] = zone.key
+    if value.fold:
+        encoded["fold"] = 1
+    return encoded
 
 
 def _base_value(value: Any) -> Any:
@@ -126,10 +188,10 @@ def _describe(value: Any) -> str:
     return f"a {name} ({value!r:.60})"
 
 
-def _encode_instance(obj: models.Model, where: str, depth: int) -> dict[str, Any]:
+def _encode_instance(obj: models.Model, where: Any, depth: int) -> dict[str, Any]:
     meta = obj._meta
     if obj.pk is None:
-        raise SerializationError(f"{where} is an unsaved {meta.label} instance (its pk is None)")
+        raise SerializationError(f"{_path(where)} is an unsaved {meta.label} instance (its pk is None)")
     fields: dict[str, Any] = {}
     strings: dict[str, str] = {}
     loaded = obj.__dict__
@@ -160,11 +222,32 @@ def _encode_request(request: HttpRequest) -> dict[str, Any]:
 
 
 def encode_payload(sender: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Encode a signal's ``sender`` and keyword arguments for one event row."""
-    return {
-        "sender": encode(sender, "sender"),
-        "kwargs": {name: encode(value, name) for name, value in kwargs.items()},
-    }
+    """Encode a signal's ``sender`` and keyword arguments for one event row.
+
+    ``kwargs`` stays an object (readable in the admin and in SQL); when jsonb would
+    reorder its names, ``order`` lists them as they were sent, joined by commas (one
+    string costs the encoder a fifth of five). Names holding a comma are written as
+    ``[name, value]`` pairs instead, as are names holding NUL (see :func:`dumps`).
+    """
+    names = {name: encode(value, name) for name, value in kwargs.items()}
+    payload = {"sender": encode(sender, "sender"), "kwargs": names}
+    if len(names) > 1:
+        key = tuple(names)
+        order = _ORDERS.get(key, False)
+        if order is False:
+            order = None if _in_jsonb_order(key) else ",".join(key) if "," not in "".join(key) else ""
+            if len(_ORDERS) < 1000:  # a signal sends the same names each time
+                _ORDERS[key] = order
+        if order:
+            payload["order"] = order
+        elif order is not None:
+            payload["kwargs"] = [[name, value] for name, value in names.items()]
+    return payload
+
+
+# For each tuple of argument names: None if jsonb keeps their order, else what "order" says
+# ("" if a name holds a comma).
+_ORDERS: dict[tuple[str, ...], str | None] = {}
 
 
 # One encoder for every send: json.dumps() with options builds a new one on each call.
@@ -172,8 +255,19 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 
 
 def dumps(payload: dict[str, Any], limit: int | None = None) -> str:
-    """Serialize an encoded payload, refusing one larger than ``limit`` bytes."""
-    text = _ENCODER.encode(payload)
+    """Serialize an encoded payload, refusing one larger than ``limit`` bytes.
+
+    Raises :class:`SerializationError` naming the value for what cannot be written:
+    a lone surrogate (not UTF-8) or an int with more digits than ``str()`` may write.
+    """
+    try:
+        text = _ENCODER.encode(payload)
+    except ValueError:  # an int too long to write: _writable() names it
+        text = ""
+    # One look at the whole text instead of one at every string: NUL (written \u0000,
+    # which jsonb refuses), a lone surrogate (which UTF-8 cannot hold), an int too long.
+    if not text or "\\u0000" in text or not (text.isascii() or _is_utf8(text)):
+        text = _ENCODER.encode(_writable(payload))
     if limit is not None and len(text) > limit // 4 and len(text.encode()) > limit:
         raise PayloadTooLarge(
             f"the encoded arguments take {len(text.encode())} bytes, more than "
@@ -182,142 +276,79 @@ def dumps(payload: dict[str, Any], limit: int | None = None) -> str:
     return text
 
 
-class PayloadDecoder:
-    """Decode the payloads of one batch, fetching model instances in bulk.
-
-    Call :meth:`add` for every payload first, then :meth:`decode` for each: model rows
-    are fetched once, in one query per model and database, between the two.
-    """
-
-    def __init__(self) -> None:
-        self._wanted: dict[tuple[str, str | None], set[Any]] = defaultdict(set)
-        self._fetched: dict[tuple[str, str | None], dict[Any, models.Model]] | None = None
-
-    def add(self, payload: Any) -> None:
-        """Note the model rows a payload refers to; bad payloads fail later, in decode."""
-        try:
-            self._collect(payload, 0)
-        except Exception:  # noqa: BLE001 - reported per event by decode()
-            pass
-
-    def _collect(self, value: Any, depth: int) -> None:
-        if depth > _MAX_DEPTH:
-            return
-        if type(value) is list:
-            for item in value:
-                self._collect(item, depth + 1)
-        elif type(value) is dict:
-            if value.get(TAG) == "model":
-                self._wanted[(value["label"], value.get("db"))].add(self._decode(value["pk"], 0))
-            for item in value.values():
-                self._collect(item, depth + 1)
-
-    def _fetch(self) -> None:
-        self._fetched = {}
-        for (label, db), pks in self._wanted.items():
-            try:
-                model = apps.get_model(label)
-                self._fetched[(label, db)] = model._base_manager.using(db).in_bulk(list(pks))
-            except Exception:  # noqa: BLE001 - unknown labels fail their own events
-                continue
-
-    def decode(self, payload: Any) -> tuple[Any, dict[str, Any]]:
-        """Return ``(sender, kwargs)`` for one payload, or raise :class:`DispatchError`."""
-        if self._fetched is None:
-            self._fetch()
-        if not isinstance(payload, dict) or not isinstance(payload.get("kwargs"), dict):
-            raise DispatchError("the payload is not an object with 'sender' and 'kwargs'")
-        try:
-            sender = self._decode(payload.get("sender"), 0)
-            kwargs = {str(k): self._decode(v, 0) for k, v in payload["kwargs"].items()}
-        except DispatchError:
-            raise
-        except Exception as exc:
-            raise DispatchError(f"the payload cannot be decoded: {exc!r}") from exc
-        return sender, kwargs
-
-    def _decode(self, value: Any, depth: int) -> Any:
-        if depth > _MAX_DEPTH:
-            raise DispatchError("the payload is nested too deeply")
-        kind = type(value)
-        if kind is list:
-            return [self._decode(v, depth + 1) for v in value]
-        if kind is not dict:
-            return value
-        tag = value.get(TAG)
-        if tag is None:
-            return {k: self._decode(v, depth + 1) for k, v in value.items()}
-        decoder = _DECODERS.get(tag)
-        if decoder is None:
-            raise DispatchError(f"the payload has an unknown tag {tag!r}")
-        return decoder(self, value, depth + 1)
-
-    def _model(self, value: dict[str, Any], depth: int) -> models.Model:
-        label, db = value["label"], value.get("db")
-        model = _get_model(label)
-        pk = self._decode(value["pk"], depth)
-        found = (self._fetched or {}).get((label, db), {}).get(pk)
-        if found is not None:
-            return found
-        if "fields" not in value:
-            raise DispatchError(f"{label} with pk {pk!r} no longer exists and has no snapshot")
-        names, values = [], []
-        by_attname = {f.attname: f for f in model._meta.concrete_fields}
-        for attname, raw in value["fields"].items():
-            if attname in by_attname:
-                names.append(attname)
-                values.append(self._decode(raw, depth))
-        for attname, text in value.get("strings", {}).items():
-            if attname in by_attname:
-                names.append(attname)
-                values.append(by_attname[attname].to_python(text))
-        order = {f.attname: i for i, f in enumerate(model._meta.concrete_fields)}
-        pairs = sorted(zip(names, values, strict=True), key=lambda p: order[p[0]])
-        return model.from_db(db, [n for n, _ in pairs], [v for _, v in pairs])
-
-    def _queryset(self, value: dict[str, Any], depth: int) -> models.QuerySet:
-        manager = _get_model(value["label"])._default_manager.db_manager(value.get("db"))
-        if value.get("pks") is None:
-            return manager.none()
-        return manager.filter(pk__in=[self._decode(pk, depth) for pk in value["pks"]])
-
-
-def _get_model(label: str) -> type[models.Model]:
+def _is_utf8(text: str) -> bool:
     try:
-        return apps.get_model(label)
-    except (LookupError, ValueError) as exc:
-        raise DispatchError(f"the payload names the unknown model {label!r}") from exc
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def _request(value: dict[str, Any]) -> HttpRequest:
-    request = HttpRequest()
-    request.method = value.get("method")
-    request.path = value.get("path", "")
-    request.path_info = value.get("path_info", request.path)
-    request.META = {**value.get("meta", {}), "QUERY_STRING": value.get("query", "")}
-    request.GET = QueryDict(value.get("query", ""))
-    return request
+def _writable(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with every NUL out of its strings and keys; raise SerializationError
+    for a string or int that cannot be written at all."""
+    out = {"sender": _clean(payload["sender"], "sender")}
+    kwargs = payload["kwargs"]
+    pairs = [
+        (_clean(name, f"the argument name {name!r}"), _clean(value, name))
+        for name, value in (kwargs.items() if type(kwargs) is dict else kwargs)
+    ]
+    if type(kwargs) is dict and all(type(name) is str for name, _ in pairs):
+        out["kwargs"] = dict(pairs)
+        if "order" in payload:
+            out["order"] = payload["order"]
+    else:  # a name holds NUL or a comma: [name, value] pairs, in order
+        out["kwargs"] = [list(pair) for pair in pairs]
+    return out
 
 
-def _dict(decoder: PayloadDecoder, value: dict[str, Any], depth: int) -> dict[Any, Any]:
-    return {decoder._decode(k, depth): decoder._decode(v, depth) for k, v in value["v"]}
+def _clean(value: Any, where: str) -> Any:
+    kind = type(value)
+    if kind is str:
+        if not _is_utf8(value):
+            bad = next(c for c in value if "\ud800" <= c <= "\udfff")
+            raise SerializationError(
+                f"{where} holds a lone surrogate ({bad!r}), which is not text and cannot be "
+                f"written as UTF-8; decode bytes with errors='replace' before sending them"
+            )
+        return {TAG: "nul", "v": value.split("\0")} if "\0" in value else value
+    if kind is int:
+        try:
+            repr(value)
+        except ValueError:
+            raise SerializationError(
+                f"{where} is an int of {_digits(value)} digits, more than the "
+                f"{sys.get_int_max_str_digits()} that Python writes as text; send it as a str"
+            ) from None
+        return value
+    if kind is list:
+        return [_clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind is not dict:
+        return value
+    tag = value.get(TAG)
+    if tag is None:
+        keys = [_clean(k, f"{where} key {k!r}") for k in value]
+        values = [_clean(v, f"{where}[{k!r}]") for k, v in value.items()]
+        if all(type(k) is str for k in keys):
+            return dict(zip(keys, values, strict=True))
+        return {TAG: "dict", "v": [list(pair) for pair in zip(keys, values, strict=True)]}
+    if tag == "dict":
+        pairs = [(k, _clean(k, f"{where} key {k!r}"), v) for k, v in value["v"]]
+        return {TAG: tag, "v": [[ck, _clean(v, f"{where}[{k!r}]")] for k, ck, v in pairs]}
+    # Our own tagged objects: "v" is the value itself, other fields are named after it.
+    return {k: v if k == TAG else _clean(v, where if k == "v" else f"{where}.{k}") for k, v in value.items()}
 
 
-_DECODERS: dict[str, Any] = {
-    "float": lambda d, v, depth: float(v["v"]),
-    "dict": _dict,
-    "tuple": lambda d, v, depth: tuple(d._decode(i, depth) for i in v["v"]),
-    "set": lambda d, v, depth: {d._decode(i, depth) for i in v["v"]},
-    "frozenset": lambda d, v, depth: frozenset(d._decode(i, depth) for i in v["v"]),
-    "datetime": lambda d, v, depth: datetime.datetime.fromisoformat(v["v"]),
-    "date": lambda d, v, depth: datetime.date.fromisoformat(v["v"]),
-    "time": lambda d, v, depth: datetime.time.fromisoformat(v["v"]),
-    "timedelta": lambda d, v, depth: datetime.timedelta(*v["v"]),
-    "decimal": lambda d, v, depth: decimal.Decimal(v["v"]),
-    "uuid": lambda d, v, depth: uuid.UUID(v["v"]),
-    "bytes": lambda d, v, depth: base64.b64decode(v["v"]),
-    "model": lambda d, v, depth: d._model(v, depth),
-    "modelclass": lambda d, v, depth: _get_model(v["label"]),
-    "queryset": lambda d, v, depth: d._queryset(v, depth),
-    "request": lambda d, v, depth: _request(v),
-}
+def _digits(value: int) -> int:
+    value = abs(value)
+    digits = int(value.bit_length() * math.log10(2)) + 1
+    return digits - 1 if value < 10 ** (digits - 1) else digits
+
+
+def __getattr__(name: str) -> Any:
+    # PayloadDecoder lived here; imported lazily, as outbox.decoding imports this module.
+    if name == "PayloadDecoder":
+        from .decoding import PayloadDecoder
+
+        return PayloadDecoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

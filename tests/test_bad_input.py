@@ -6,17 +6,20 @@ import signal
 import time
 
 import pytest
+from django.contrib.sessions.models import Session
 from django.db import connection, transaction
+from django.db.models.functions import Upper
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from outbox import PayloadTooLarge, SerializationError
 from outbox.conf import settings
 from outbox.models import Event
-from tests.conftest import postgres_only, wait_for
+from tests.conftest import calls, postgres_only, wait_for
 from tests.testapp.faults import PROBES, hang, hang_in_database, misbehave, spin
 from tests.testapp.models import Call, Person
-from tests.testapp.signals import work
+from tests.testapp.signals import followed, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,6 +100,53 @@ def test_the_default_limit_is_one_mebibyte_counted_in_encoded_bytes():
     assert Event.objects.count() == 1
 
 
+def test_a_nul_character_from_a_form_leaves_the_senders_transaction_usable(drain):
+    # PostgreSQL's jsonb refuses \u0000: written as it is, the INSERT would fail and abort
+    # the sender's whole transaction, losing its own writes.
+    form = {"comment": "hello\x00world", "field\x00": ["\x00"]}
+    with transaction.atomic():
+        Person.objects.create(name="before")
+        followed.send(sender=None, form=form)
+        Person.objects.create(name="after")
+    assert sorted(Person.objects.values_list("name", flat=True)) == ["after", "before"]
+    drain()
+    ((_, _, kwargs),) = calls("on_followed")
+    assert kwargs["form"] == form and list(kwargs["form"]) == list(form)
+
+
+UNWRITABLE = {
+    "a lone surrogate": ({"x": ["fine", "bad \udc80"]}, r"note\['x'\]\[1\] holds a lone surrogate"),
+    "a lone surrogate in a key": ({"ok": 1, "\ud800": 2}, r"note key '\\ud800' holds a lone surrogate"),
+    "a lone surrogate in a tuple": (("\udfff",), r"note\[0\] holds a lone surrogate"),
+    "an int over the digit limit": ([0, 10**5000], r"note\[1\] is an int of 5001 digits"),
+    "a negative int over the digit limit": (-(10**4300), r"note is an int of 4301 digits"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNWRITABLE))
+def test_a_value_that_cannot_be_written_raises_a_serialization_error_naming_it(case):
+    value, message = UNWRITABLE[case]
+    with transaction.atomic():
+        Person.objects.create(name="before")
+        with (
+            CaptureQueriesContext(connection) as queries,
+            pytest.raises(SerializationError, match=message) as info,
+        ):
+            work.send(sender=None, key="bad", note=value)
+        assert "tests.testapp.signals.work" in str(info.value)
+        assert queries.captured_queries == []
+        # Raised before any SQL: the transaction goes on and commits its own writes.
+        Person.objects.create(name="after")
+    assert Person.objects.count() == 2
+    assert Event.objects.count() == 0
+
+
+def test_a_lone_surrogate_in_the_sender_is_named():
+    with pytest.raises(SerializationError, match=r"sender holds a lone surrogate"):
+        work.send(sender="\udc80", key="bad")
+    assert Event.objects.count() == 0
+
+
 def _outbox():
     from django.conf import settings as django_settings
 
@@ -169,6 +219,70 @@ def test_a_bad_row_fails_with_a_readable_error_and_the_batch_goes_on(case, drain
     assert Event.objects.get(pk=before.pk).status == "done"
     assert Event.objects.get(pk=after.pk).status == "done"
     assert sorted(PROBES) == [("probe_a", 1), ("probe_a", 2)]
+
+
+BAD_REFERENCES = {
+    "a string for an integer key": "abc",
+    "a dict": {"a": 1},
+    "a list": [1],
+    "a tuple": {"__outbox__": "tuple", "v": [1, 2]},
+    "an integer too large for the column": 2**70,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REFERENCES))
+def test_a_bad_model_reference_fails_alone_and_the_others_get_fresh_rows(case, drain):
+    ada, bob = Person.objects.create(name="ada"), Person.objects.create(name="bob")
+    followed.send(sender=None, who=ada)
+    bad = _row(
+        signal="tests.testapp.signals.followed",
+        receiver="tests.testapp.receivers.on_followed",
+        payload={
+            "sender": None,
+            "kwargs": {
+                "who": {
+                    "__outbox__": "model",
+                    "label": "testapp.Person",
+                    "db": "default",
+                    "pk": BAD_REFERENCES[case],
+                    "fields": {"name": "snapshot"},
+                }
+            },
+        },
+    )
+    followed.send(sender=None, who=bob)
+    # Changed after the sends: the worker must fetch these rows, not use the snapshots.
+    Person.objects.filter(pk__in=[ada.pk, bob.pk]).update(name=Upper("name"))
+    drain()
+    assert sorted(kwargs["who"].name for _, _, kwargs in calls("on_followed")) == ["ADA", "BOB"]
+    assert Event.objects.filter(status="done").count() == 2
+    bad.refresh_from_db()
+    assert bad.status == "failed"
+    assert bad.last_error.startswith("DispatchError: testapp.Person cannot have the primary key")
+
+
+@postgres_only
+def test_a_key_the_database_refuses_fails_alone_and_the_others_get_fresh_rows(drain):
+    # A str key may hold NUL, which PostgreSQL refuses in a query: the batch's one query
+    # for the model fails, and is retried key by key so the others still get their rows.
+    now = timezone.now()
+    sessions = [Session.objects.create(session_key=k, session_data="old", expire_date=now) for k in "ab"]
+    for session in sessions:
+        followed.send(sender=None, who=session)
+    ref = {"__outbox__": "model", "label": "sessions.Session", "db": "default"}
+    bad = _row(
+        signal="tests.testapp.signals.followed",
+        receiver="tests.testapp.receivers.on_followed",
+        payload={"sender": None, "kwargs": {"who": {**ref, "pk": {"__outbox__": "nul", "v": ["b", "d"]}}}},
+    )
+    Session.objects.update(session_data="fresh")
+    drain()
+    assert [kwargs["who"].session_data for _, _, kwargs in calls("on_followed")] == ["fresh", "fresh"]
+    bad.refresh_from_db()
+    assert bad.status == "failed"
+    assert bad.last_error.startswith(
+        "DispatchError: sessions.Session with the primary key 'b\\x00d' cannot be fetched"
+    )
 
 
 def test_a_payload_nested_deeper_than_the_json_parser_goes_fails_alone(drain):

@@ -1,9 +1,14 @@
-"""Property: after draining, the receiver calls are exactly the sends whose every enclosing
-``atomic()`` block committed, for random trees of transactions and savepoints.
+"""Properties, checked against the real database with a real worker drain.
 
-Hypothesis draws trees of blocks, each committing or rolling back, with sends of two
-signals at any depth: ``probe`` has two deferred receivers and one on_commit receiver,
-``probe_other`` one deferred receiver. Sends at the top level run in autocommit.
+After draining, the receiver calls are exactly the sends whose every enclosing ``atomic()``
+block committed, for random trees of transactions and savepoints: Hypothesis draws trees of
+blocks, each committing or rolling back, with sends of two signals at any depth: ``probe``
+has two deferred receivers and one on_commit receiver, ``probe_other`` one deferred
+receiver. Sends at the top level run in autocommit.
+
+Any JSON-like value (floats of every kind, strings holding NUL, dicts in any key order)
+arrives exactly as it was sent, on SQLite as on PostgreSQL, whose ``jsonb`` would refuse
+NUL and rewrite floats and key order if the payload let it.
 
 ``OUTBOX_HYPOTHESIS_PROFILE=outbox-thorough`` runs many more examples than CI does.
 """
@@ -21,7 +26,10 @@ from hypothesis import strategies as st
 
 from outbox.models import Event
 from outbox.worker import Worker
+from tests.conftest import calls
+from tests.testapp import receivers
 from tests.testapp.faults import PROBES, probe, probe_other
+from tests.testapp.signals import followed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -105,3 +113,27 @@ def test_the_property_sees_a_rollback_inside_a_committed_block():
     assert sorted(expected) == [("probe_a", 0), ("probe_b", 0), ("probe_c", 2), ("probe_now", 0)]
     Worker(once=True, listen=False).run()
     assert sorted(PROBES) == sorted(expected)
+
+
+# Strings drawn mostly from characters jsonb treats specially: NUL, and keys whose jsonb
+# order (by UTF-8 length, then bytes) differs from their insertion order.
+texts = st.text(st.sampled_from("\x00ab\u00e9\u20ac") | st.characters(), max_size=6)
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | texts
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=5),
+    max_leaves=12,
+)
+
+
+@settings(PROFILE, max_examples=max(PROFILE.max_examples // 2, 10))
+@given(sender=scalars, value=json_values)  # Django hashes the sender
+def test_any_json_value_arrives_exactly_as_sent(sender, value):
+    receivers.CALLS.clear()
+    with transaction.atomic():
+        followed.send(sender=sender, value=value)
+    Worker(once=True, listen=False).run()
+    ((_, got_sender, kwargs),) = calls("on_followed")
+    # Equal reprs: the same types, float signs, NaNs and key order all the way down.
+    assert repr(got_sender) == repr(sender)
+    assert repr(kwargs["value"]) == repr(value)
