@@ -152,5 +152,10 @@ bench-python:
 bench-sendpath: $(BENCH_VENV)/.installed postgres-up
 	BENCH_DATABASE_URL=$(BENCH_PG)_ours $(BENCH_PY) -m bench.sendpath
 
+# A quick A/B of the worker (drain vs the raw floor, LISTEN latency): run it in each checkout.
+.PHONY: bench-ab
+bench-ab: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.ab --pg $(BENCH_PG)
+
 bench-smoke: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --smoke --pg $(BENCH_PG)_smoke
