@@ -24,6 +24,7 @@ __all__ = [
     "check_psycopg",
     "check_receivers_importable",
     "check_settings",
+    "unapplied_migrations",
 ]
 
 
@@ -157,24 +158,29 @@ def check_migrations(app_configs: Any = None, databases: Any = None, **kwargs: A
     A deploy check, so that ``migrate`` itself does not warn about what it is about to apply;
     ``run_outbox`` runs it at start and refuses to start on an unmigrated database.
     """
-    from django.db.migrations.executor import MigrationExecutor
-
     warnings: list[Warning] = []
     if not apps.is_installed("outbox"):
         return warnings
     for alias in databases or []:
         try:
-            executor = MigrationExecutor(connections[alias])
-            plan = executor.migration_plan(executor.loader.graph.leaf_nodes("outbox"))
+            unapplied = unapplied_migrations(alias)
         except DatabaseError:
             continue
-        if plan:
+        if unapplied:
             warnings.append(
                 Warning(
-                    f"Database {alias!r} has {len(plan)} unapplied outbox migration(s); sends "
+                    f"Database {alias!r} has {unapplied} unapplied outbox migration(s); sends "
                     f"and the worker will fail until they are applied.",
                     hint=f"Run 'manage.py migrate outbox --database {alias}'.",
                     id="outbox.W001",
                 )
             )
     return warnings
+
+
+def unapplied_migrations(alias: str) -> int:
+    """How many outbox migrations ``alias`` lacks; a ``DatabaseError`` if it cannot be read."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[alias])
+    return len(executor.migration_plan(executor.loader.graph.leaf_nodes("outbox")))

@@ -23,13 +23,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connections
 
 from . import limits, pruning, queries
+from .checks import unapplied_migrations
 from .conf import DEFAULTS, settings
 from .dispatch import Dispatcher, get_dispatcher
 from .execution import Outcome
 from .heartbeat import Heartbeat
 from .listener import Listener, can_listen
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "reconnect_pause"]
 
 logger = logging.getLogger("outbox")
 
@@ -155,7 +156,7 @@ class Worker:
                 return
             except _CONNECTION_ERRORS as exc:
                 failures += 1
-                pause = min(10.0, 0.5 * 2 ** min(failures, 5))
+                pause = reconnect_pause(failures)
                 logger.warning("database unavailable at start (%s); retrying in %.1fs", exc, pause)
                 connections[self.database].close()
                 self._sleep(pause)
@@ -183,7 +184,7 @@ class Worker:
                 self._idle()
             except _CONNECTION_ERRORS + (_listener_errors()) as exc:
                 failures += 1
-                pause = min(10.0, 0.5 * 2 ** min(failures, 5))
+                pause = reconnect_pause(failures)
                 logger.warning("database unavailable (%s); reconnecting in %.1fs", exc, pause)
                 self._reset_connections()
                 self._sleep(pause)
@@ -280,16 +281,19 @@ class Worker:
         logger.error("gave up recording %d done events; they will run again after their lease", len(done))
 
 
+def reconnect_pause(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row to reach a database or broker:
+    1 s, doubling, at most 10 s."""
+    return min(10.0, 0.5 * 2 ** min(failures, 5))
+
+
 def _require_migrated(alias: str) -> None:
     """Raise ``ImproperlyConfigured`` if ``alias`` lacks outbox migrations (a connection
     error propagates: the database may come back)."""
-    from django.db.migrations.executor import MigrationExecutor
-
-    executor = MigrationExecutor(connections[alias])
-    plan = executor.migration_plan(executor.loader.graph.leaf_nodes("outbox"))
-    if plan:
+    unapplied = unapplied_migrations(alias)
+    if unapplied:
         raise ImproperlyConfigured(
-            f"Database {alias!r} has {len(plan)} unapplied outbox migration(s): the worker "
+            f"Database {alias!r} has {unapplied} unapplied outbox migration(s): the worker "
             f"cannot run there. Run 'manage.py migrate outbox --database {alias}' (outbox.W001)."
         )
 

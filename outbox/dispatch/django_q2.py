@@ -38,6 +38,7 @@ from ..conf import settings
 from ..exceptions import DispatchError
 from ..execution import Outcome, run_claimed
 from ..heartbeat import Heartbeat
+from ..worker import reconnect_pause
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -101,7 +102,7 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - each broker raises its own errors; all mean "not handed over"
             self._failures += 1
             self._broker = None
-            pause = min(10.0, 0.5 * 2 ** min(self._failures, 5))
+            pause = reconnect_pause(self._failures)
             logger.warning(
                 "could not hand %d events to django-q2 (%s: %s); released, retrying in %.1fs",
                 len(ids),
