@@ -20,7 +20,16 @@ from typing import Any
 from django.db.models import DateTimeField, F, Func, QuerySet, TextField
 from django.db.models.functions import Cast
 
-__all__ = ["TIME_FIELDS", "Payload", "ReadableTime", "UnreadableTime", "payload_of", "readable", "time_of"]
+__all__ = [
+    "TIME_FIELDS",
+    "Payload",
+    "ReadableTime",
+    "UnreadableTime",
+    "earliest",
+    "payload_of",
+    "readable",
+    "time_of",
+]
 
 #: The event's timestamp columns.
 TIME_FIELDS = ("created_at", "available_at", "finished_at")
@@ -51,6 +60,14 @@ class UnreadableTime(Func):
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
         template = f"CASE WHEN NOT ({_IN_RANGE}) THEN CAST(%(expressions)s AS text) END"
         return self.as_sql(compiler, connection, template=template, **extra)
+
+
+def earliest(queryset: QuerySet[Any], name: str) -> tuple[datetime.datetime | None, str]:
+    """The earliest ``name`` among the rows of ``queryset``, in (``name``, id) order: as
+    ``(datetime, "")``, or ``(None, text)`` with the database's text where Python cannot hold
+    it (``'-infinity'``); ``(None, "")`` when there is no row."""
+    row = queryset.order_by(name, "id").values_list(ReadableTime(F(name)), UnreadableTime(F(name))).first()
+    return (None, "") if row is None else (row[0], row[1] or "")
 
 
 def readable(queryset: QuerySet[Any]) -> QuerySet[Any]:

@@ -16,12 +16,13 @@ from typing import Any
 
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 from django.utils.functional import cached_property
 
+from . import queries
 from .models import Event
-from .readable import ReadableTime, UnreadableTime
+from .readable import earliest
 
 __all__ = ["ESTIMATE_ABOVE", "EstimatedCountPaginator", "Summary", "count", "summary"]
 
@@ -75,12 +76,15 @@ class Summary:
     #: The database's text of the oldest due time when Python cannot hold it (``-infinity``).
     oldest_due_text: str = ""
 
+    #: When the summary was read, by the clock of due times (the database's on PostgreSQL).
+    now: datetime.datetime | None = None
+
     @property
     def oldest_due_age(self) -> datetime.timedelta | None:
         """How long the longest-waiting due event has been waiting."""
-        return (
-            None if self.oldest_due is None else max(timezone.now() - self.oldest_due, datetime.timedelta())
-        )
+        if self.oldest_due is None:
+            return None
+        return max((self.now or timezone.now()) - self.oldest_due, datetime.timedelta())
 
 
 def summary(queryset: QuerySet[Event] | None = None) -> Summary:
@@ -100,14 +104,10 @@ def summary(queryset: QuerySet[Event] | None = None) -> Summary:
         result.counts[status] = n
         if estimated:
             result.estimated.add(status)
-    # Due: what a worker would claim now. Served by outbox_event_due in available_at order.
-    # Read so that '-infinity' (PostgreSQL) is text, not a DataError that breaks the page.
-    oldest = (
-        events.filter(status__in=[S.PENDING, S.RUNNING], available_at__lte=timezone.now())
-        .order_by("available_at")
-        .values_list(ReadableTime(F("available_at")), UnreadableTime(F("available_at")))
-        .first()
-    )
-    if oldest:
-        result.oldest_due, result.oldest_due_text = oldest[0], oldest[1] or ""
+    # Due: what a worker would claim now, by the clock it claims with (the database's on
+    # PostgreSQL). Served by outbox_event_due in (available_at, id) order. Read so that
+    # '-infinity' (PostgreSQL) is text, not a DataError that breaks the page.
+    result.now = queries.database_now(events.db)
+    due = events.filter(status__in=[S.PENDING, S.RUNNING], available_at__lte=result.now)
+    result.oldest_due, result.oldest_due_text = earliest(due, "available_at")
     return result

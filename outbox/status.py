@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.db import connections
-from django.db.models import Count, F, Q
+from django.db.models import Count, Q
 
 from . import queries
 from .models import Event
-from .readable import ReadableTime, UnreadableTime
+from .readable import earliest
 
 __all__ = ["RATE_WINDOWS", "Report", "Thresholds", "collect"]
 
@@ -132,9 +132,7 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
     active = events.filter(status__in=[S.PENDING, S.RUNNING])
     due = active.filter(available_at__lte=now)
     # '-infinity' (PostgreSQL) is read as text, not as a DataError that stops the report.
-    oldest, oldest_text = due.order_by("available_at", "id").values_list(
-        ReadableTime(F("available_at")), UnreadableTime(F("available_at"))
-    ).first() or (None, None)
+    oldest, oldest_text = earliest(due, "available_at")
     if oldest_text:
         # Due before year 1: count its wait from there, a lag beyond any threshold.
         oldest = datetime.datetime.min.replace(tzinfo=now.tzinfo)
