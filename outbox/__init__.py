@@ -12,6 +12,7 @@ from .exceptions import (
     OutboxError,
     PayloadTooLarge,
     RegistrationError,
+    SendFromAsyncContext,
     SerializationError,
     UnknownReceiver,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "OutboxError",
     "PayloadTooLarge",
     "RegistrationError",
+    "SendFromAsyncContext",
     "SerializationError",
     "UnknownReceiver",
     "connect",

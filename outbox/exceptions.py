@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 
 __all__ = [
     "DispatchError",
     "OutboxError",
     "PayloadTooLarge",
     "RegistrationError",
+    "SendFromAsyncContext",
     "SerializationError",
     "UnknownReceiver",
 ]
@@ -40,3 +41,12 @@ class DispatchError(OutboxError):
 
 class UnknownReceiver(DispatchError):
     """An event names a receiver or signal that is not registered in this process."""
+
+
+class SendFromAsyncContext(OutboxError, SynchronousOnlyOperation):
+    """A sync ``send()`` from async code reached a deferred or on_commit receiver.
+
+    Django refuses the database there (``SynchronousOnlyOperation``, which this is too), so
+    nothing was written or scheduled. Send with ``await signal.asend(...)`` (Django 5.0+),
+    or from a function wrapped with ``sync_to_async``.
+    """

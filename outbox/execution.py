@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import queries
+from . import coroutines, queries
 from .conf import settings
 from .decoding import PayloadDecoder
 from .exceptions import DispatchError, OutboxError, UnknownReceiver
@@ -348,9 +348,13 @@ def _parse(raw: Any) -> Any:
 
 def _call(func: Callable[..., Any], timeout: float | None, **kwargs: Any) -> None:
     """Call a receiver, bounded by ``timeout`` seconds where SIGALRM allows it (the main
-    thread on POSIX); elsewhere the timeout is not enforced."""
+    thread on POSIX); elsewhere the timeout is not enforced. An async receiver is awaited
+    instead, its timeout enforced by cancellation (outbox.coroutines)."""
+    if coroutines.is_async(func):
+        coroutines.run(func, timeout, **kwargs)
+        return
     if not timeout or threading.current_thread() is not threading.main_thread():
-        func(**kwargs)
+        coroutines.refuse_awaitable(func, func(**kwargs))
         return
 
     def expire(signum: int, frame: Any) -> None:
@@ -362,7 +366,7 @@ def _call(func: Callable[..., Any], timeout: float | None, **kwargs: Any) -> Non
     outer, _ = signals.setitimer(signals.ITIMER_REAL, timeout)
     started = time.monotonic()
     try:
-        func(**kwargs)
+        coroutines.refuse_awaitable(func, func(**kwargs))
     finally:
         signals.setitimer(signals.ITIMER_REAL, 0)
         signals.signal(signals.SIGALRM, previous)

@@ -23,7 +23,8 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.dispatch.dispatcher import _make_id
 
-from . import limits, queries, serialization
+from . import coroutines, limits, queries, serialization
+from .async_send import asend_hint
 from .conf import settings
 from .exceptions import RegistrationError, SerializationError
 from .lazy_senders import Pending, model_key
@@ -256,12 +257,13 @@ class _DeferToOutbox:
             names = ", ".join(spec.path for spec in specs)
             raise type(exc)(f"cannot defer {names} for signal {self.signal_name}: {exc}") from None
         default = settings.MAX_ATTEMPTS
-        queries.insert_events(
-            _database(kwargs),
-            self.signal_name,
-            [(spec.path, spec.max_attempts or default) for spec in specs],
-            payload,
-        )
+        with asend_hint(self.signal_name):
+            queries.insert_events(
+                _database(kwargs),
+                self.signal_name,
+                [(spec.path, spec.max_attempts or default) for spec in specs],
+                payload,
+            )
 
 
 class _RunOnCommit:
@@ -271,18 +273,21 @@ class _RunOnCommit:
         self.func = func
 
     def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
-        transaction.on_commit(_Call(self.func, signal, sender, kwargs), using=_database(kwargs), robust=True)
+        call = _Call(self.func, signal, sender, kwargs)
+        with asend_hint(registry._names.get(signal)):  # a signal on_commit needs no name
+            transaction.on_commit(call, using=_database(kwargs), robust=True)
 
 
 class _Call:
-    """One pending on_commit call; Django logs a failure by the callback's __qualname__."""
+    """One pending on_commit call; Django logs a failure by the callback's __qualname__.
+    An async receiver is awaited to completion (outbox.coroutines.run_after_commit)."""
 
     def __init__(self, func: Callable[..., Any], signal: Signal, sender: Any, kwargs: dict[str, Any]):
         self.func, self.signal, self.sender, self.kwargs = func, signal, sender, kwargs
         self.__qualname__ = getattr(func, "__qualname__", repr(func))
 
     def __call__(self) -> None:
-        self.func(signal=self.signal, sender=self.sender, **self.kwargs)
+        coroutines.run_after_commit(self.func, signal=self.signal, sender=self.sender, **self.kwargs)
 
 
 def _database(kwargs: dict[str, Any]) -> str:
