@@ -70,7 +70,7 @@ def refuse_awaitable(func: Callable[..., Any], result: Any) -> Any:
             close()
     else:
         return result
-    name = getattr(func, "__qualname__", repr(func))
+    name = _name(func)
     raise AwaitableReturned(
         f"{name} is not an async function but returned {kind}, which was never awaited: its "
         f"body did not run. Make {name} itself 'async def' so that it is awaited."
@@ -136,7 +136,7 @@ def run_after_commit(func: Callable[..., Any], **kwargs: Any) -> None:
         return
     task = loop.create_task(func(**kwargs))
     _scheduled.add(task)
-    task.add_done_callback(functools.partial(_finished, getattr(func, "__qualname__", repr(func))))
+    task.add_done_callback(functools.partial(_finished, _name(func)))
 
 
 def _finished(name: str, task: asyncio.Task[Any]) -> None:
@@ -147,3 +147,11 @@ def _finished(name: str, task: asyncio.Task[Any]) -> None:
     exc = task.exception()
     if exc is not None:
         logger.error("Error calling %s in on_commit() (%s).", name, exc, exc_info=exc)
+
+
+def _name(func: Callable[..., Any]) -> str:
+    qualname = getattr(func, "__qualname__", None)
+    module = getattr(func, "__module__", None)
+    if qualname is None:
+        return repr(func)
+    return f"{module}.{qualname}" if module else qualname

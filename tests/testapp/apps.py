@@ -6,4 +6,4 @@ class TestAppConfig(AppConfig):
     label = "testapp"
 
     def ready(self):
-        from . import faults, receivers  # noqa: F401
+        from . import async_receivers, faults, receivers  # noqa: F401
