@@ -9,7 +9,7 @@ whose message says what to call instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.core.exceptions import SynchronousOnlyOperation
@@ -21,14 +21,15 @@ __all__ = ["asend_hint"]
 
 
 @contextmanager
-def asend_hint(signal_name: str | None) -> Iterator[None]:
-    """Turn Django's ``SynchronousOnlyOperation`` into :class:`SendFromAsyncContext`."""
-    signal_name = signal_name or "signal"
+def asend_hint(name: Callable[[], str | None]) -> Iterator[None]:
+    """Turn Django's ``SynchronousOnlyOperation`` into :class:`SendFromAsyncContext`;
+    ``name()`` names the signal, asked only then."""
     try:
         yield
     except SendFromAsyncContext:
         raise
     except SynchronousOnlyOperation as exc:
+        signal_name = name() or "signal"
         if hasattr(Signal, "asend"):
             instead = f"use 'await {signal_name}.asend(...)' (or asend_robust), or call send()"
         else:  # Django 4.2 has no Signal.asend

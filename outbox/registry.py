@@ -257,7 +257,7 @@ class _DeferToOutbox:
             names = ", ".join(spec.path for spec in specs)
             raise type(exc)(f"cannot defer {names} for signal {self.signal_name}: {exc}") from None
         default = settings.MAX_ATTEMPTS
-        with asend_hint(self.signal_name):
+        with asend_hint(lambda: self.signal_name):
             queries.insert_events(
                 _database(kwargs),
                 self.signal_name,
@@ -274,7 +274,7 @@ class _RunOnCommit:
 
     def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
         call = _Call(self.func, signal, sender, kwargs)
-        with asend_hint(registry._names.get(signal)):  # a signal on_commit needs no name
+        with asend_hint(lambda: _name_if_any(signal)):
             transaction.on_commit(call, using=_database(kwargs), robust=True)
 
 
@@ -288,6 +288,14 @@ class _Call:
 
     def __call__(self) -> None:
         coroutines.run_after_commit(self.func, signal=self.signal, sender=self.sender, **self.kwargs)
+
+
+def _name_if_any(signal: Signal) -> str | None:
+    """The signal's name for an error message: on_commit receivers need none to work."""
+    try:
+        return registry.signal_name(signal)
+    except RegistrationError:
+        return None
 
 
 def _database(kwargs: dict[str, Any]) -> str:

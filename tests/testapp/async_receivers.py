@@ -64,4 +64,5 @@ def returns_coroutine(sender, key, **kwargs):
 @outbox.receiver(noticed, delivery="on_commit")
 async def anotice(sender, **kwargs):
     await asyncio.sleep(0)
+    await Call.objects.acount()  # the async ORM works after commit too
     CALLS.append(("anotice", sender, kwargs))
