@@ -171,3 +171,20 @@ def test_a_sync_send_in_an_async_view_gets_the_hint():
     assert response.status_code == 500
     assert b"send() was called from async code" in response.content
     assert not Event.objects.exists()
+
+
+def test_an_async_on_commit_receiver_under_a_running_loop_is_scheduled_on_it(monkeypatch):
+    # Only with DJANGO_ALLOW_ASYNC_UNSAFE can a commit happen in a thread whose event loop is
+    # running; waiting there would block the loop, so the receiver becomes a task on it.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    async def main():
+        noticed.send(sender=None, key="on-the-loop")
+        assert calls("anotice") == []  # not run inside send(): the loop runs it next
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if calls("anotice"):
+                break
+        return [kwargs["key"] for _, _, kwargs in calls("anotice")]
+
+    assert asyncio.run(main()) == ["on-the-loop"]
