@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import signal
+import time
 import warnings
 
 import pytest
@@ -37,12 +38,14 @@ def stop(proc):
 
 def test_an_async_receiver_s_event_is_done_only_after_its_body_finished(worker_process):
     with transaction.atomic():
-        awaited.send(sender=None, key="slow", sleep=1.5)
+        awaited.send(sender=None, key="slow", hold=True)
     proc = worker_process()
     wait_for(lambda: called("arecord-start", "slow"))
-    # The body is waiting on asyncio.sleep: its event is still in hand, not done.
+    time.sleep(0.5)
+    # The body is waiting at an await for the test's go-ahead: its event is in hand, not done.
     assert _event_by_key("slow").status == "running"
     assert not called("arecord", "slow")
+    Call.objects.create(receiver="go", key="slow", worker_pid=0)
     wait_for(lambda: _event_by_key("slow").status == "done")
     # Done only once the body wrote its last row, read back through the async ORM first.
     assert called("arecord", "slow")

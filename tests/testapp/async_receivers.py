@@ -22,10 +22,14 @@ noticed = django.dispatch.Signal()  # anotice, delivery="on_commit"
 
 
 @outbox.receiver(awaited)
-async def arecord(sender, key, sleep=0.0, **kwargs):
-    """Marks its start, waits, then checks the mark with the async ORM and writes its end."""
+async def arecord(sender, key, hold=False, **kwargs):
+    """Marks its start; with ``hold``, waits (at most 60 s) until the test writes a
+    Call(receiver="go") row for ``key``; then reads its mark back and writes its end."""
     await Call.objects.acreate(receiver="arecord-start", key=key, worker_pid=os.getpid())
-    await asyncio.sleep(sleep)
+    for _ in range(600 if hold else 0):
+        if await Call.objects.filter(receiver="go", key=key).aexists():
+            break
+        await asyncio.sleep(0.1)
     start = await Call.objects.aget(receiver="arecord-start", key=key)
     await Call.objects.acreate(receiver="arecord", key=key, worker_pid=start.worker_pid)
 
