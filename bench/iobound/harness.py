@@ -341,10 +341,7 @@ class IOBench:
             path = save.with_name(f"{save.stem}-{round_ + 1}.json")
             path.write_text(json.dumps(results, indent=1, sort_keys=True))
             log(f"round {round_ + 1} saved to {path}")
-        for system in ("celery-threads",):
-            keys = celery_keys(self.redis)
-            if keys:
-                self.redis.delete(*keys)
+        self.reset("celery-threads")  # leave none of our keys behind in Redis
         return runs
 
     def meta(self) -> dict[str, Any]:
@@ -358,6 +355,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--runs", type=int, help="rounds to take the median of (default 3)")
     parser.add_argument("--events", type=int, help="jobs per measurement (default 2000)")
+    parser.add_argument("--concurrency", help="comma-separated, default 1,10,50,100 (smoke: 1,10)")
     parser.add_argument("--only", help="comma-separated systems, e.g. ours,celery-threads")
     parser.add_argument(
         "--max-procs", type=int, default=int(os.environ.get("BENCH_IO_MAX_PROCS", "100")),
@@ -376,6 +374,8 @@ def main() -> None:
             sizes["runs"] = args.runs
         if args.events:
             sizes["events"] = args.events
+        if args.concurrency:
+            sizes["concurrency"] = [int(c) for c in args.concurrency.split(",")]
         rows = [(s, m) for s, m, _ in ROWS if not args.smoke or (s, m) in SMOKE_ROWS]
         if args.only:
             rows = [(s, m) for s, m in rows if s in args.only.split(",")]
