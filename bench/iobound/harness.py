@@ -240,10 +240,10 @@ class IOBench:
                         peak, procs = max(peak, rss(members)), max(procs, len(members))
                         # Nothing left to claim and no body finished for a second: the
                         # worker marked the rest done without running it (or lost it).
-                        if self.unfinished(config.system, conn) == 0:
-                            if now - max(self.collector.last, began) > 1.0:
-                                quiet_since = quiet_since or now
-                                break
+                        quiet = now - max(self.collector.last, began) > 1.0
+                        if quiet and self.unfinished(config.system, conn) == 0:
+                            quiet_since = now
+                            break
             members = tree(proc.pid)
             peak = max(peak, rss(members))
             proportional = pss(members)
@@ -328,6 +328,11 @@ class IOBench:
 
     def run(self, rows: list[tuple[str, str]], save: Path) -> list[dict[str, Any]]:
         self.setup()
+        try:
+            self.redis.ping()
+        except redis_client.RedisError as exc:
+            log(f"Redis at {self.redis_url} unreachable ({exc}): Celery not measured")
+            rows = [(s, m) for s, m in rows if not s.startswith("celery")]
         runs: list[dict[str, Any]] = []
         for round_ in range(self.sizes["runs"]):
             results: dict[str, Any] = {"meta": self.meta()}
@@ -341,7 +346,8 @@ class IOBench:
             path = save.with_name(f"{save.stem}-{round_ + 1}.json")
             path.write_text(json.dumps(results, indent=1, sort_keys=True))
             log(f"round {round_ + 1} saved to {path}")
-        self.reset("celery-threads")  # leave none of our keys behind in Redis
+        if any(s.startswith("celery") for s, _ in rows):
+            self.reset("celery-threads")  # leave none of our keys behind in Redis
         return runs
 
     def meta(self) -> dict[str, Any]:
@@ -350,7 +356,9 @@ class IOBench:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432/bench"))
+    parser.add_argument(
+        "--pg", default=os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432/bench")
+    )
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--runs", type=int, help="rounds to take the median of (default 3)")
@@ -358,7 +366,9 @@ def main() -> None:
     parser.add_argument("--concurrency", help="comma-separated, default 1,10,50,100 (smoke: 1,10)")
     parser.add_argument("--only", help="comma-separated systems, e.g. ours,celery-threads")
     parser.add_argument(
-        "--max-procs", type=int, default=int(os.environ.get("BENCH_IO_MAX_PROCS", "100")),
+        "--max-procs",
+        type=int,
+        default=int(os.environ.get("BENCH_IO_MAX_PROCS", "100")),
         help="most processes for process pools (Celery prefork, django-q2)",
     )
     parser.add_argument("--report", nargs="+", type=Path, help="rewrite the table from saved runs")

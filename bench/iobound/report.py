@@ -79,13 +79,17 @@ def _memory(r: dict[str, Any], key: str) -> str:
     text = f"{entry['rss_mb']:,.0f}"
     if entry.get("processes", 1) > 1:
         pss = entry.get("pss_mb")
-        text += f" / {pss:,.0f} ({entry['processes']:.0f} proc.)" if pss else f" ({entry['processes']:.0f} proc.)"
+        text += (f" / {pss:,.0f}" if pss else "") + f" ({entry['processes']:.0f} processes)"
     return text
 
 
 def _rate(r: dict[str, Any], key: str) -> float | None:
     entry = r.get(key) or {}
     return entry.get("rate") if entry.get("done") else None
+
+
+def _per_second(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:,.0f}/s"
 
 
 def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -103,10 +107,9 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     for mode, peer, name in [
         ("sync", "celery-threads.sync.50", "Celery threads pool"),
         ("async", "procrastinate.async.50", "procrastinate (async task)"),
-        ("sync", "procrastinate.async.50", "procrastinate (async task)"),
     ]:
         ours, theirs = _rate(r, f"ours.{mode}.50"), _rate(r, peer)
-        figure = f"{'n/a' if ours is None else f'{ours:,.0f}'} vs {'n/a' if theirs is None else f'{theirs:,.0f}'}/s"
+        figure = f"{_per_second(ours)} vs {_per_second(theirs)}"
         ok = None if ours is None or theirs is None else ours >= theirs
         out.append((f"ours, {mode}, concurrency 50: >= {name} at 50", figure, ok))
     memories = [(r.get(f"ours.{m}.50") or {}).get("rss_mb") for m in ("sync", "async")]
@@ -177,6 +180,19 @@ def write_section(path: Path, table: str) -> None:
     else:
         text += "\n" + section + "\n"
     path.write_text(text)
+
+
+def kept(old: str, new: str) -> str:
+    """``new`` with the phase's section of ``old`` carried over (``make bench`` rewrites
+    BENCHMARKS.md whole; the phase's table is written by its own step)."""
+    if BEGIN not in old or END not in old or BEGIN in new:
+        return new
+    section = BEGIN + old.partition(BEGIN)[2].partition(END)[0] + END
+    marker = "\n## How each figure is measured"
+    if marker in new:
+        head, _, tail = new.partition(marker)
+        return head + "\n" + section + "\n" + marker + tail
+    return new + "\n" + section + "\n"
 
 
 RERUN = """Rerun: `make bench-io` (the phase alone, about 25 minutes for 3 runs; `make bench` runs it
