@@ -35,6 +35,7 @@ from bench.iobound.systems import (
     TRUNCATE,
     UNFINISHED,
     Config,
+    celery_consuming,
     celery_keys,
     celery_unfinished,
     database,
@@ -126,6 +127,7 @@ class IOBench:
         self.server, _, prefix = pg.rstrip("/").rpartition("/")
         self.prefix = f"{prefix}_io"
         self.redis_url = redis_url
+        os.environ["BENCH_REDIS"] = redis_url  # for Celery's remote control, from this process
         self.redis = redis_client.Redis.from_url(redis_url)
         self.sizes = sizes
         self.max_procs = max_procs
@@ -210,6 +212,9 @@ class IOBench:
         try:
             self.wait_idle(proc)
             idle_rss = rss(tree(proc.pid))
+            backlog = config.mode == "backlog"
+            if backlog:
+                celery_consuming(False)
             fill = subprocess.Popen(
                 [PY, "-m", "bench.iobound.enqueue", config.system, config.mode, str(n)],
                 env=env,
@@ -223,8 +228,12 @@ class IOBench:
             fill.stdin.write("\n")
             fill.stdin.flush()
             committed = json.loads(fill.stdout.readline())
-            fill.wait(timeout=60)
+            fill.wait(timeout=120)
             began = committed["commit_at"]
+            if backlog:
+                # The clock starts when the worker may consume: its own rate, not the producer's.
+                began = time.time()
+                celery_consuming(True)
             peak, procs, quiet_since = idle_rss, 1, None
             with psycopg.connect(self.url(config.system), autocommit=True, connect_timeout=10) as conn:
                 next_sample = 0.0

@@ -17,7 +17,17 @@ from bench.iobound.probe import WAIT
 from bench.iobound.systems import ROWS
 
 BEGIN, END = "<!-- iobound:begin -->", "<!-- iobound:end -->"
-FIELDS = ("rate", "rss_mb", "pss_mb", "rss_idle_mb", "done", "seconds", "duplicates", "processes")
+FIELDS = (
+    "rate",
+    "rss_mb",
+    "pss_mb",
+    "rss_idle_mb",
+    "done",
+    "seconds",
+    "duplicates",
+    "processes",
+    "returned_after",
+)
 
 
 def machine(server: str) -> dict[str, Any]:
@@ -105,7 +115,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             )
         )
     for mode, peer, name in [
-        ("sync", "celery-threads.sync.50", "Celery threads pool"),
+        ("sync", "celery-threads.sync.50", "Celery threads pool (`delay_on_commit`, from the commit)"),
+        ("sync", "celery-threads.backlog.50", "Celery threads pool (the worker alone)"),
         ("async", "procrastinate.async.50", "procrastinate (async task)"),
     ]:
         ours, theirs = _rate(r, f"ours.{mode}.50"), _rate(r, peer)
@@ -128,11 +139,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 def markdown(r: dict[str, Any]) -> str:
     meta = r["meta"]
     sizes = meta["sizes"]
-    cs = sizes["concurrency"]
+    # Every concurrency of every run merged (a run with --concurrency may have measured fewer).
+    cs = sorted({int(k.rsplit(".", 1)[1]) for k in r if k.count(".") == 2} | set(sizes["concurrency"]))
     lines = [
         "### I/O-bound receivers: each waits 50 ms, one worker process\n",
         f"{sizes['events']:,} jobs committed in one transaction, drained by one worker at concurrency N; "
-        f"events per second (share of the ideal N / {WAIT} s), the median of {r['runs']} run(s). "
+        f"events per second (share of the ideal N / {WAIT} s), the median of up to {r['runs']} runs. "
         f"A rate counts bodies that ran to their end (each reports over UDP), over at most "
         f"{sizes['cap']:.0f} s from the commit (concurrency 1 would take {sizes['events'] * WAIT:.0f} s).\n",
         "| system | " + " | ".join(f"N = {c}" for c in cs) + " |",
@@ -143,6 +155,20 @@ def markdown(r: dict[str, Any]) -> str:
             continue
         cells = [_cell(r, f"{system}.{mode}.{c}", system, c) for c in cs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    publishes = [
+        f"{(r.get(f'celery-threads.sync.{c}') or {}).get('returned_after') or float('nan'):.1f} s at N = {c}"
+        for c in cs
+        if (r.get(f"celery-threads.sync.{c}") or {}).get("returned_after")
+    ]
+    if publishes:
+        lines.append(
+            "\nCelery's `delay_on_commit` publishes each message after the commit, one round trip "
+            f"each, from the sending process: the {sizes['events']:,} publishes took "
+            + ", ".join(publishes)
+            + ' (threads pool rows; the worker consumes while they go on). The row "the worker '
+            "alone\" pauses the worker's consumer (Celery's remote control, `cancel_consumer`), "
+            "publishes the whole backlog, then starts the clock and resumes it (`add_consumer`)."
+        )
     lines += [
         "\nWorker memory at the end of the drain, MB: RSS of the whole worker process tree "
         "(psutil, the process and its children summed), peak of samples every 0.5 s; for "

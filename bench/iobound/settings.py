@@ -42,7 +42,7 @@ Q_CLUSTER = {
 
 # Celery with Redis (BENCH_REDIS, a database of its own); one queue, named for this phase.
 CELERY_BROKER_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
-CELERY_TASK_DEFAULT_QUEUE = "bench_io"
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("BENCH_CELERY_QUEUE", "bench_io")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

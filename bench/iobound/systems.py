@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ ROWS = [
     ("ours", "sync", "outbox (ours), `run_outbox --concurrency N`, `def` receiver"),
     ("ours", "async", "outbox (ours), `run_outbox --concurrency N`, `async def` receiver"),
     ("celery-threads", "sync", "Celery, `--pool threads --concurrency N`"),
+    (
+        "celery-threads",
+        "backlog",
+        "Celery, `--pool threads`, the worker alone (backlog published first)",
+    ),
     ("celery-prefork", "sync", "Celery, `--pool prefork --concurrency N` (default pool)"),
     ("procrastinate", "async", "procrastinate, `worker --concurrency N`, `async def` task"),
     ("procrastinate", "sync", "procrastinate, `worker --concurrency N`, `def` task"),
@@ -41,7 +47,7 @@ DATABASE = {"ours": "ours", "celery-threads": "celery", "celery-prefork": "celer
 DATABASES = ["ours", "celery", "procrastinate", "q2"]
 # Systems whose worker concurrency is N processes: the ones --max-procs caps.
 PROCESS_POOLS = {"celery-prefork", "q2"}
-CELERY_QUEUE = "bench_io"
+CELERY_QUEUE = os.environ.get("BENCH_CELERY_QUEUE", "bench_io")
 
 
 def database(system: str) -> str:
@@ -88,9 +94,20 @@ UNFINISHED = {
 def celery_keys(redis) -> list[bytes]:
     """Our Celery queue's keys in the phase's Redis database (never the whole database)."""
     keys = []
-    for pattern in (CELERY_QUEUE, f"{CELERY_QUEUE}\x06*", "unacked", "unacked_index", "unacked_mutex"):
+    patterns = [CELERY_QUEUE, f"{CELERY_QUEUE}\x06*", f"_kombu.binding*.{CELERY_QUEUE}"]
+    for pattern in [*patterns, "unacked", "unacked_index", "unacked_mutex"]:
         keys.extend(redis.scan_iter(match=pattern))
     return keys
+
+
+def celery_consuming(consume: bool) -> None:
+    """Stop or resume the running worker's consumption of our queue (Celery's remote control),
+    so that a backlog can be published in full before the worker takes any of it."""
+    from bench.iobound.celery_app import app
+
+    control = app.control.add_consumer if consume else app.control.cancel_consumer
+    if not control(CELERY_QUEUE, reply=True, timeout=5.0):
+        raise RuntimeError("the Celery worker did not answer its remote control")
 
 
 def celery_unfinished(redis) -> int:
