@@ -194,7 +194,7 @@ def markdown(r: dict[str, Any]) -> str:
 def write_section(path: Path, table: str) -> None:
     """Put the table between the phase's markers in ``path`` (added before the first
     "## " heading after the tables when the markers are not there yet)."""
-    section = f"{BEGIN}\n{table}\n\n{RERUN}\n{END}"
+    section = f"{BEGIN}\n{table}\n\n{BOUNDS}\n{RERUN}\n{END}"
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:
         head, _, rest = text.partition(BEGIN)
@@ -220,6 +220,22 @@ def kept(old: str, new: str) -> str:
         return head + "\n" + section + "\n" + marker + tail
     return new + "\n" + section + "\n"
 
+
+BOUNDS = """What bounds the peers in this phase (read with the table; the two cores are shared by the
+worker, the sender, PostgreSQL and Redis, so CPU per job sets every ceiling well below the
+ideal at N = 50 and 100):
+- Celery: each job costs the worker a Redis round trip and its own bookkeeping in Python; with
+  `delay_on_commit` the sender publishes the backlog one message at a time after the commit,
+  and the threads pool rows keep pace with those publishes. The prefork pool at N = 100 runs
+  100 processes on 2 cores (about 70 MB of RSS each, half of it shared); it fits in memory (no
+  cap was needed on 24 GB), but it is slower than at N = 10.
+- procrastinate: one job per fetch, and a fetch and a finish (each committed) per job, through
+  the worker connector's pool of 4 connections (psycopg_pool's default) shared by all N
+  sub-workers; its sync tasks also go through asgiref's `sync_to_async` thread pool. Its rate
+  flattens well before N = 50.
+- django-q2: one pusher process takes the jobs from its ORM broker one at a time (`bulk` 1)
+  and hands them to the N worker processes; results are saved one by one by the monitor.
+"""
 
 RERUN = """Rerun: `make bench-io` (the phase alone, about 25 minutes for 3 runs; `make bench` runs it
 too), `.venv-bench/bin/python -m bench.iobound --help` for its options (`--runs`, `--only`,
