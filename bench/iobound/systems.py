@@ -95,7 +95,7 @@ def celery_keys(redis) -> list[bytes]:
     """Our Celery queue's keys in the phase's Redis database (never the whole database)."""
     keys = []
     patterns = [CELERY_QUEUE, f"{CELERY_QUEUE}\x06*", f"_kombu.binding*.{CELERY_QUEUE}"]
-    for pattern in [*patterns, "unacked", "unacked_index", "unacked_mutex"]:
+    for pattern in [*patterns, "unacked", "unacked_index", "unacked_mutex", "_kombu.binding_deadlines"]:
         keys.extend(redis.scan_iter(match=pattern))
     return keys
 
