@@ -12,12 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,8 @@ import psycopg
 import redis as redis_client
 
 from bench.iobound import report
+from bench.iobound.collector import Collector
+from bench.iobound.procs import MB, pss, rss, stop, tree, wait_idle
 from bench.iobound.systems import (
     DATABASES,
     PROCESS_POOLS,
@@ -47,79 +45,10 @@ FULL = {"events": 2000, "concurrency": [1, 10, 50, 100], "cap": 15.0, "runs": 3}
 SMOKE = {"events": 50, "concurrency": [1, 10], "cap": 4.0, "runs": 1}
 # The smoke run keeps to what CI can afford: ours, and one peer of each kind at the top size.
 SMOKE_ROWS = {("ours", "sync"), ("ours", "async"), ("celery-threads", "sync"), ("procrastinate", "async")}
-MB = 2**20
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-class Collector:
-    """Counts the completion datagrams of one measurement (see probe.py)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MB)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.token = ""
-        self.seen: dict[int, float] = {}
-        self.duplicates = 0
-        self.last = 0.0
-        self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def start(self) -> str:
-        with self.lock:
-            self.token = uuid.uuid4().hex[:12]
-            self.seen, self.duplicates, self.last = {}, 0, 0.0
-        return self.token
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(200)
-            except TimeoutError:
-                continue
-            now = time.time()
-            token, _, n = data.decode().partition(" ")
-            with self.lock:
-                if token != self.token:
-                    continue  # a late datagram of an earlier measurement
-                if int(n) in self.seen:
-                    self.duplicates += 1
-                else:
-                    self.seen[int(n)] = now
-                    self.last = now
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def rss(procs: list[psutil.Process]) -> float:
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / MB
-
-
-def pss(procs: list[psutil.Process]) -> float | None:
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
-            return None
-    return total / MB
 
 
 class IOBench:
@@ -210,7 +139,7 @@ class IOBench:
                 command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
-            self.wait_idle(proc)
+            wait_idle(proc)
             idle_rss = rss(tree(proc.pid))
             backlog = config.mode == "backlog"
             if backlog:
@@ -257,7 +186,7 @@ class IOBench:
             peak = max(peak, rss(members))
             proportional = pss(members)
         finally:
-            self.stop(proc)
+            stop(proc)
         done, last = len(self.collector.seen), self.collector.last
         elapsed = (last - began) if done >= n else (now - began)
         result = {
@@ -284,47 +213,6 @@ class IOBench:
             + (f" [{result['note']}]" if result["note"] else "")
         )
         return result
-
-    @staticmethod
-    def wait_idle(proc: subprocess.Popen, timeout: float = 90.0) -> None:
-        """Wait until the worker's process tree stops using CPU: its start-up is over."""
-        time.sleep(1.0)
-        deadline = time.time() + timeout
-        last = -1.0
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the worker exited during start-up: {proc.args}")
-            members = tree(proc.pid)
-            total = 0.0
-            for p in members:
-                try:
-                    total += sum(p.cpu_times()[:2])
-                except psutil.NoSuchProcess:
-                    pass
-            # Idle workers still poll (q2's every 0.2 s, in each process): a little CPU per
-            # process is allowed.
-            if last >= 0 and total - last < 0.03 + 0.003 * len(members):
-                return
-            last = total
-            time.sleep(0.5)
-        raise RuntimeError(f"the worker was still busy starting after {timeout:.0f}s: {proc.args}")
-
-    @staticmethod
-    def stop(proc: subprocess.Popen) -> None:
-        # SIGTERM, then SIGKILL: a capped run leaves a backlog that no worker should finish.
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-        # Leftovers of the group (prefork children, q2's workers) must not outlive the step.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def configs(self, rows: list[tuple[str, str]]) -> list[Config]:
         out = []
