@@ -261,7 +261,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="rounds to take the median of (default 3)")
     parser.add_argument("--events", type=int, help="jobs per measurement (default 2000)")
     parser.add_argument("--concurrency", help="comma-separated, default 1,10,50,100 (smoke: 1,10)")
-    parser.add_argument("--only", help="comma-separated systems, e.g. ours,celery-threads")
+    parser.add_argument("--only", help="systems or system.mode, e.g. ours,celery-threads.backlog")
     parser.add_argument(
         "--max-procs",
         type=int,
@@ -285,7 +285,8 @@ def main() -> None:
             sizes["concurrency"] = [int(c) for c in args.concurrency.split(",")]
         rows = [(s, m) for s, m, _ in ROWS if not args.smoke or (s, m) in SMOKE_ROWS]
         if args.only:
-            rows = [(s, m) for s, m in rows if s in args.only.split(",")]
+            only = args.only.split(",")
+            rows = [(s, m) for s, m in rows if s in only or f"{s}.{m}" in only]
         stamp = time.strftime("%Y%m%d-%H%M%S")
         save = results_dir / f"{'iobound-smoke' if args.smoke else 'iobound'}-{stamp}.json"
         runs = IOBench(args.pg, args.redis, sizes, args.max_procs).run(rows, save)

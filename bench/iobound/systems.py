@@ -106,8 +106,11 @@ def celery_consuming(consume: bool) -> None:
     from bench.iobound.celery_app import app
 
     control = app.control.add_consumer if consume else app.control.cancel_consumer
-    if not control(CELERY_QUEUE, reply=True, timeout=5.0):
-        raise RuntimeError("the Celery worker did not answer its remote control")
+    # A new connection each time declares the reply queue's binding afresh: reusing one
+    # across steps lost the worker's replies after the first step (reset() between them).
+    with app.connection_for_write() as connection:
+        if not control(CELERY_QUEUE, reply=True, timeout=5.0, connection=connection):
+            raise RuntimeError("the Celery worker did not answer its remote control")
 
 
 def celery_unfinished(redis) -> int:
