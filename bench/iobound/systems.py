@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,12 @@ def celery_consuming(consume: bool) -> None:
     # A new connection each time declares the reply queue's binding afresh: reusing one
     # across steps lost the worker's replies after the first step (reset() between them).
     with app.connection_for_write() as connection:
+        # A worker that has gone quiet may not listen to its remote control yet: ask until
+        # it answers a ping.
+        deadline = time.time() + 30
+        while not app.control.ping(timeout=1.0, connection=connection):
+            if time.time() > deadline:
+                raise RuntimeError("the Celery worker did not answer its remote control")
         if not control(CELERY_QUEUE, reply=True, timeout=5.0, connection=connection):
             raise RuntimeError("the Celery worker did not answer its remote control")
 
