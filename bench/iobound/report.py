@@ -47,7 +47,8 @@ def machine(server: str) -> dict[str, Any]:
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per configuration, the median of each figure over the runs that measured it."""
-    merged: dict[str, Any] = {"meta": runs[-1]["meta"], "runs": len(runs)}
+    merged: dict[str, Any] = {"meta": dict(runs[-1]["meta"]), "runs": len(runs)}
+    merged["meta"]["loads"] = [run["meta"]["load"] for run in runs]
     keys = {k for run in runs for k in run if k != "meta"}
     for key in keys:
         measured = [run[key] for run in runs if "rate" in run.get(key, {})]
@@ -61,6 +62,14 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry["duplicates"] = sum(m.get("duplicates", 0) for m in measured)
         merged[key] = entry
     return merged
+
+
+def _runs(r: dict[str, Any]) -> str:
+    counts = sorted({e["runs"] for k, e in r.items() if isinstance(e, dict) and "runs" in e})
+    if not counts:
+        return f"{r['runs']} run(s)"
+    low, high = counts[0], counts[-1]
+    return f"{low} runs" if low == high else f"{low} to {high} runs (each row's rounds)"
 
 
 def _cell(r: dict[str, Any], key: str, system: str, c: int) -> str:
@@ -144,7 +153,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "### I/O-bound receivers: each waits 50 ms, one worker process\n",
         f"{sizes['events']:,} jobs committed in one transaction, drained by one worker at concurrency N; "
-        f"events per second (share of the ideal N / {WAIT} s), the median of up to {r['runs']} runs. "
+        f"events per second (share of the ideal N / {WAIT} s), the median of {_runs(r)}. "
         f"A rate counts bodies that ran to their end (each reports over UDP), over at most "
         f"{sizes['cap']:.0f} s from the commit (concurrency 1 would take {sizes['events'] * WAIT:.0f} s).\n",
         "| system | " + " | ".join(f"N = {c}" for c in cs) + " |",
@@ -186,9 +195,16 @@ def markdown(r: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     lines.append(
         f"\nMeasured {meta['date']} on {meta['cores']} cores, {meta['memory_gb']} GB "
-        f"(load average {meta['load']:.1f} at the start); {versions}."
+        f"(load averages {_loads(meta)} at the starts of the runs: other jobs shared the machine); "
+        f"{versions}."
     )
     return "\n".join(lines)
+
+
+def _loads(meta: dict[str, Any]) -> str:
+    loads = meta.get("loads") or [meta["load"]]
+    low, high = min(loads), max(loads)
+    return f"{low:.1f}" if low == high else f"{low:.1f} to {high:.1f}"
 
 
 def write_section(path: Path, table: str) -> None:
@@ -237,7 +253,7 @@ ideal at N = 50 and 100):
   and hands them to the N worker processes; results are saved one by one by the monitor.
 """
 
-RERUN = """Rerun: `make bench-io` (the phase alone, about 25 minutes for 3 runs; `make bench` runs it
+RERUN = """Rerun: `make bench-io` (the phase alone, about 30 minutes for 3 runs; `make bench` runs it
 too), `.venv-bench/bin/python -m bench.iobound --help` for its options (`--runs`, `--only`,
 `--max-procs`), `.venv-bench/bin/python -m bench.iobound --report bench/results/iobound-*.json`
 to take the medians of saved runs. Each system's worker runs with its documented defaults but
