@@ -140,6 +140,7 @@ $(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
 
 bench: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --pg $(BENCH_PG)
+	$(MAKE) bench-io
 	@echo "Relay (django-q2) beside in-process dispatch, events/s:"
 	$(MAKE) bench-relay BENCH_RELAY_ARGS="$(or $(BENCH_RELAY_ARGS),--events 1000 --runs 3)"
 
@@ -159,3 +160,12 @@ bench-ab: $(BENCH_VENV)/.installed postgres-up
 
 bench-smoke: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --smoke --pg $(BENCH_PG)_smoke
+	$(BENCH_PY) -m bench.iobound --smoke --pg $(BENCH_PG)_smoke --redis $(BENCH_REDIS)
+
+# The I/O-bound phase (bench/iobound/): receivers that wait 50 ms, one worker at concurrency
+# 1/10/50/100, ours beside Celery (Redis broker, BENCH_REDIS: only its own keys are deleted),
+# procrastinate and django-q2; 3 runs, medians into BENCHMARKS.md. BENCH_IO_ARGS="--runs 1 --only ours".
+BENCH_REDIS ?= redis://127.0.0.1:6379/13
+.PHONY: bench-io
+bench-io: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.iobound --pg $(BENCH_PG) --redis $(BENCH_REDIS) $(BENCH_IO_ARGS)

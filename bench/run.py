@@ -722,7 +722,8 @@ def write_report(r: dict[str, Any], markdown: Path, png: Path) -> str:
 
 Ours against django-q2, django-tasks-db, procrastinate and pgqueuer, measured in one run on one
 machine, each system in its own database on the same local PostgreSQL. Regenerate with `make bench`
-(about {meta["seconds"] / 60:.0f} minutes); `make bench-smoke` runs the same harness at tiny sizes.
+(about {meta["seconds"] / 60:.0f} minutes, then the I/O-bound phase, `make bench-io`); `make bench-smoke`
+runs the same harnesses at tiny sizes.
 
 Figures are the median of {runs} full run{"s" if runs > 1 else ""} of `make bench`. The machine is
 shared and its neighbours vary, so single figures are noisy (10-30%); ratios measured in the same
@@ -816,7 +817,9 @@ make bench-smoke               # the harness end to end at tiny sizes (CI)
 
 ![Drain throughput against worker count](bench/drain.png)
 """
-    markdown.write_text(text)
+    from bench.iobound.report import kept
+
+    markdown.write_text(kept(markdown.read_text() if markdown.exists() else "", text))
     plot(r, png)
     return table
 

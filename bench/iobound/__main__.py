@@ -1,0 +1,3 @@
+from bench.iobound.harness import main
+
+main()
