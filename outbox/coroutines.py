@@ -61,6 +61,8 @@ def is_async(func: Callable[..., Any]) -> bool:
 def refuse_awaitable(func: Callable[..., Any], result: Any) -> Any:
     """Return ``result``, unless a sync receiver returned an awaitable: then close it (so
     Python does not warn that it was never awaited) and raise :class:`AwaitableReturned`."""
+    if result is None:  # what nearly every receiver returns: no inspection per event
+        return None
     if inspect.isasyncgen(result):
         kind = "an async generator"
     elif inspect.isawaitable(result):
