@@ -136,11 +136,17 @@ class Claim:
         if not done:
             return 0
         try:
-            written = queries.complete(self.database, self.token, done)
+            return self.write_done(done)
         except BaseException:
             with self._lock:  # still owed: written by the next call
                 self._done[:0] = done
             raise
+
+    def write_done(self, done: Sequence[int]) -> int:
+        """Write rows done in one statement (rows this caller took: see :meth:`take_done`)."""
+        if not done:
+            return 0
+        written = queries.complete(self.database, self.token, done)
         logger.debug("wrote %d events done in one statement", len(done))
         return written
 
@@ -181,7 +187,7 @@ class Claim:
         for attempt in range(5):
             try:
                 if done:
-                    queries.complete(self.database, self.token, done)
+                    self.write_done(done)
                     done = []
                 self.release(rest)
                 return self.started

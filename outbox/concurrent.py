@@ -136,7 +136,7 @@ class Runner:
             return
         for claim in list(self._claims):
             done, rest = claim.hand_back()
-            _retrying(lambda c=claim, d=done: queries.complete(c.database, c.token, d), "record done events")
+            _retrying(lambda c=claim, d=done: c.write_done(d), "record done events")
             _retrying(lambda c=claim, r=rest: c.release(r), "hand back unstarted events")
         # Overdue sync receivers hold their slots until they return, which may be never.
         with self._cond:
@@ -281,7 +281,7 @@ class Runner:
             record_failure(claim, row, failure, started, permanent=False)
             self._noted(claim, row, False, recorded=True)
         elif recorded:  # an orphan, run alone: written done at once
-            queries.complete(claim.database, claim.token, [row.id])
+            claim.write_done([row.id])
             self._noted(claim, row, True, recorded=True)
         else:
             self._noted(claim, row, True)
@@ -372,7 +372,7 @@ class Runner:
         self, claim: Claim, row: queries.Claimed, failure: BaseException | None, started: float
     ) -> None:
         if failure is None:  # an orphan, run alone: written done at once
-            queries.complete(claim.database, claim.token, [row.id])
+            claim.write_done([row.id])
             self._noted(claim, row, True, recorded=True)
             return
         record_failure(claim, row, failure, started, permanent=False)

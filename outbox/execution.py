@@ -115,7 +115,7 @@ def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: Payloa
     logger.info("event %d was in a batch whose worker died: run alone (attempt %d)", row.id, attempts)
     if not _run_one(claim, replace(row, attempts=attempts), payload, decoder):
         return False
-    queries.complete(claim.database, claim.token, [row.id])
+    claim.write_done([row.id])
     return True
 
 

@@ -92,8 +92,7 @@ class Heartbeat:
     def _write(self, claim: Claim, done: list[int], rest: list[int]) -> bool:
         """Write ``done`` done and release ``rest``; False if the database is unavailable."""
         try:
-            if done:
-                queries.complete(claim.database, claim.token, done)
+            claim.write_done(done)
             released = claim.release(rest)
         except DatabaseError as exc:
             logger.warning("could not hand back %d events (%s); retrying", len(done) + len(rest), exc)
