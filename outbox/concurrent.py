@@ -104,7 +104,17 @@ class Runner:
         handed back or ``should_stop()``; then wait for a free slot (so that the worker
         claims again only with room). Return how many rows were started."""
         self._start()
-        decoder, payloads = decode_batch(claim.rows)  # model rows fetched here, once
+        try:
+            decoder, payloads = decode_batch(claim.rows)  # model rows fetched here, once
+        except BaseException:
+            # The database went away: nothing was started; hand the batch back if it can,
+            # else its lease expires (the heartbeat drops a claim with nothing in hand).
+            _, rest = claim.hand_back()
+            try:
+                claim.release(rest)
+            except DatabaseError:
+                pass
+            raise
         with self._cond:
             self._claims.append(claim)
         fed = 0
