@@ -10,11 +10,14 @@ import time
 from collections import Counter
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import transaction
 
 from outbox.models import Event
+from outbox.worker import Worker
 from tests.conftest import wait_for
+from tests.operating import run
 from tests.testapp import slow_receivers
 from tests.testapp.models import Call
 from tests.testapp.signals import work
@@ -165,3 +168,18 @@ def test_successes_are_written_done_many_rows_to_a_statement(worker_process):
 
 def _writes(output):
     return [int(n) for n in re.findall(r"wrote (\d+) events done in one statement", output)]
+
+
+@pytest.mark.parametrize("bad", ["0", "1001", "two"])
+def test_a_concurrency_out_of_its_range_is_refused_naming_the_range(bad):
+    result = run("run_outbox", "--concurrency", bad, "--once")
+    assert result.code == 1
+    assert "--concurrency" in result.err
+    assert ("from 1 to 1000" if bad != "two" else "is not a whole number") in result.err
+
+
+def test_a_worker_takes_its_concurrency_from_the_setting(settings):
+    settings.OUTBOX = {**settings.OUTBOX, "CONCURRENCY": 3}
+    assert Worker(once=True, listen=False).concurrency == 3
+    with pytest.raises(ImproperlyConfigured, match="concurrency must be a whole number from 1 to 1000"):
+        Worker(once=True, listen=False, concurrency=0)
