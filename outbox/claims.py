@@ -182,7 +182,12 @@ class Claim:
 
     def finish(self) -> int:
         """Write what is owed: successes done, unstarted rows released. Retried through a
-        database restart; returns how many rows were started."""
+        database restart; returns how many rows were started.
+
+        The caller is done with the claim: a row still in hand (its runner raised before
+        reporting it) is left to its lease, and the heartbeat stops extending it."""
+        with self._lock:
+            self._in_hand.clear()
         done, rest = self.hand_back()
         for attempt in range(5):
             try:
