@@ -90,6 +90,19 @@ def test_sigterm_mid_flight_finishes_the_receivers_in_hand_hands_back_the_rest_a
     assert _keys(receiver) == Counter(f"job-{i}" for i in range(40)), "nothing lost, nothing twice"
 
 
+def test_once_the_receivers_in_hand_turn_out_slow_the_unstarted_rest_goes_back(worker_process):
+    worker_process("--concurrency", "2", "--batch-size", "10", "--lease-seconds", "600", env=SLOW)
+    _send(work, 10, sleep=3)
+    # After a second (HAND_BACK_AFTER) the eight rows no slot could start are due again, for
+    # any worker, their attempt undone; only the two in hand stay leased.
+    wait_for(lambda: Event.objects.filter(status="pending").count() == 8, timeout=30)
+    running = Event.objects.filter(status="running")
+    assert running.count() == 2 and not Call.objects.exists(), "handed back while the two still run"
+    assert {e.attempts for e in Event.objects.filter(status="pending")} == {0}
+    wait_for(_all_done, timeout=60)
+    assert _keys("record") == Counter(f"job-{i}" for i in range(10))
+
+
 def test_a_second_sigterm_exits_at_once(worker_process):
     worker = worker_process("--concurrency", "5", env=SLOW)
     _send(work, 5, sleep=30)
