@@ -24,7 +24,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from . import queries
 
-__all__ = ["Claim", "claim", "take"]
+__all__ = ["FLUSH_AFTER", "Claim", "claim", "take"]
 
 logger = logging.getLogger("outbox")
 

@@ -14,23 +14,8 @@ Failures are written by the thread that saw them, fenced on the claim's token as
 
 Timeouts. An async receiver is cancelled at its ``timeout`` and its attempt fails with
 :class:`~outbox.execution.ReceiverTimeout`. A sync receiver in a thread cannot be
-interrupted (SIGALRM only reaches the main thread), so at its timeout:
-
-- its attempt is failed at once: the ``ReceiverTimeout`` is stored on the row and a retry is
-  planned by the usual backoff (or none, on its last attempt), and the worker logs a warning;
-- but the row stays ``running``, leased to this worker and marked overdue (``outbox_status``
-  counts such rows), because its receiver still runs: a retry started now would run the event
-  twice at once. The heartbeat keeps extending it;
-- when the thread returns, whatever it returns, the attempt's outcome is written: pending at
-  the planned retry time, or ``failed``. Its result is not trusted: it came after the timeout,
-  as a SIGALRM would have cut it at concurrency 1;
-- its slot stays taken until then, so stuck threads never outnumber N and never starve the
-  other events of their slots unnoticed: the other receivers run in the remaining slots, the
-  unstarted rest of the batch is handed back to other workers once a receiver in hand runs
-  long (:data:`outbox.heartbeat.HAND_BACK_AFTER`), and a worker whose N slots are all stuck
-  claims nothing more until one returns;
-- if the worker stops (SIGTERM) while such a receiver still runs, the planned retry is written
-  and the process exits, which ends the thread: the event never runs twice at once.
+interrupted: at its timeout its attempt is failed, but its row stays held, and its slot
+taken, until its thread returns (:mod:`outbox.overdue` says why and how).
 """
 
 from __future__ import annotations
@@ -49,15 +34,8 @@ from django.db import DatabaseError, connections
 from . import queries
 from .claims import FLUSH_AFTER, Claim
 from .coroutines import is_async
-from .execution import (
-    Prepared,
-    ReceiverTimeout,
-    backoff_delay,
-    call_receiver,
-    decode_batch,
-    prepare,
-    record_failure,
-)
+from .execution import Prepared, ReceiverTimeout, call_receiver, decode_batch, prepare, record_failure
+from .overdue import Overdue
 
 __all__ = ["Runner", "recycle_connections"]
 
@@ -65,19 +43,6 @@ logger = logging.getLogger("outbox")
 
 
 _Job = tuple[Callable[..., None], tuple[Any, ...]]
-
-
-class _Running:
-    """A sync receiver running in a pool thread, watched for its timeout."""
-
-    __slots__ = ("claim", "deadline", "lock", "retry_at", "row", "started", "state", "timeout")
-
-    def __init__(self, claim: Claim, row: queries.Claimed, timeout: float | None, started: float) -> None:
-        self.claim, self.row, self.timeout, self.started = claim, row, timeout, started
-        self.deadline = time.monotonic() + timeout if timeout else None
-        self.state = "running"  # then "overdue" (past its timeout), and "closed" once written
-        self.retry_at: float | None = None  # the planned retry of an overdue attempt
-        self.lock = threading.Lock()
 
 
 class Runner:
@@ -88,7 +53,7 @@ class Runner:
         self._cond = threading.Condition()
         self._busy = 0  # slots taken
         self._claims: list[Claim] = []  # fed, not yet finished
-        self._running: set[_Running] = set()  # sync receivers in threads
+        self._running: set[Overdue] = set()  # sync receivers in threads
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,7 +118,8 @@ class Runner:
             while self._busy > sum(job.state == "overdue" for job in self._running):
                 self._cond.wait(0.1)
         for job in list(self._running):
-            self._close_overdue(job)
+            if job.close():
+                job.claim.ran(job.row.id, False)
         self._closed.set()
         self._recorder.join(timeout=30)
         for claim in list(self._claims):
@@ -231,8 +197,8 @@ class Runner:
             while not self._closed.wait(FLUSH_AFTER):
                 now = time.monotonic()
                 for job in list(self._running):
-                    if job.deadline is not None and job.state == "running" and now >= job.deadline:
-                        self._overdue(job)
+                    if job.due(now):
+                        job.expire()
                 for claim in list(self._claims):
                     try:
                         claim.complete(older_than=FLUSH_AFTER)
@@ -266,26 +232,18 @@ class Runner:
         if is_async(ready.spec.func):
             self._start_async(claim, row, ready, started)
             return
-        job = _Running(claim, row, ready.spec.timeout, started)
+        job = Overdue(claim, row, ready.spec.timeout, started)
         with self._cond:
             self._running.add(job)
         try:
             failure = call_receiver(ready)
         finally:
-            with job.lock:
-                state, job.state = job.state, "closed"
             with self._cond:
                 self._running.discard(job)
+            state = job.returned()  # writes the outcome of an attempt failed at its timeout
         if state == "closed":  # the worker stopped meanwhile and wrote the planned retry
             return
         if state == "overdue":
-            logger.warning(
-                "event %d %s: the receiver returned %.1fs after its timeout; its attempt stays failed",
-                row.id,
-                row.receiver,
-                time.perf_counter() - started - (job.timeout or 0),
-            )
-            self._write_overdue(job)
             self._noted(claim, row, False, recorded=True)
         elif failure is not None:
             record_failure(claim, row, failure, started, permanent=False)
@@ -295,51 +253,6 @@ class Runner:
             self._noted(claim, row, True, recorded=True)
         else:
             self._noted(claim, row, True)
-
-    def _overdue(self, job: _Running) -> None:
-        """From the recorder: a sync receiver ran past its timeout. Fail its attempt now,
-        keep its row (see the module docstring)."""
-        with job.lock:
-            if job.state != "running":
-                return
-            job.state = "overdue"
-        row = job.row
-        if row.attempts < row.max_attempts:
-            job.retry_at = time.monotonic() + backoff_delay(row.attempts)
-        error = ReceiverTimeout(
-            f"the receiver ran longer than its timeout of {job.timeout}s; its thread cannot be "
-            f"interrupted, so the event stays held by this worker until it returns"
-        )
-        logger.warning(
-            "event %d %s ran past its timeout of %ss in a thread: failed (attempt %d/%d), %s; "
-            "held until the receiver returns",
-            row.id,
-            row.receiver,
-            job.timeout,
-            row.attempts,
-            row.max_attempts,
-            "retry planned" if job.retry_at is not None else "no attempt left",
-        )
-        try:
-            record_failure(job.claim, row, error, job.started, permanent=False, overdue=True)
-        except DatabaseError as exc:
-            logger.warning("could not mark event %d overdue: %s", row.id, exc)
-
-    def _write_overdue(self, job: _Running) -> None:
-        """Write an overdue attempt's outcome: the planned retry, or failed for good."""
-        error = ReceiverTimeout(f"the receiver ran longer than its timeout of {job.timeout}s")
-        retry_in = None if job.retry_at is None else max(job.retry_at - time.monotonic(), 0.0)
-        record_failure(job.claim, job.row, error, job.started, permanent=retry_in is None, retry_in=retry_in)
-
-    def _close_overdue(self, job: _Running) -> None:
-        """At shutdown: write an overdue receiver's planned retry; the process exits next,
-        which ends its thread."""
-        with job.lock:
-            if job.state != "overdue":
-                return
-            job.state = "closed"
-        _retrying(lambda: self._write_overdue(job), "record an overdue event")
-        job.claim.ran(job.row.id, False)
 
     # --- async receivers -------------------------------------------------------------
 
