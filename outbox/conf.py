@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     # Events claimed in one statement.
     "BATCH_SIZE": 100,
+    # Receivers one worker runs at once: sync ones in that many threads, async ones as
+    # tasks on one event loop. 1 runs them one after another (run_outbox --concurrency).
+    "CONCURRENCY": 1,
     # Database alias for signals that carry no ``using`` argument; None means "default".
     "DATABASE": None,
     # Largest encoded payload accepted at send time, in bytes.

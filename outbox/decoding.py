@@ -71,6 +71,12 @@ class PayloadDecoder:
             refused = self._refused[(label, db)] = {}
             self._fetched[(label, db)] = _fetch_rows(model, db, pks, refused)
 
+    def prefetch(self) -> None:
+        """Fetch the model rows now, from this thread, so that :meth:`decode` queries
+        nothing and may be called from other threads."""
+        if self._fetched is None:
+            self._fetch()
+
     def decode(self, payload: Any) -> tuple[Any, dict[str, Any]]:
         """Return ``(sender, kwargs)`` for one payload, or raise :class:`DispatchError`."""
         if self._fetched is None:

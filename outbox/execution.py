@@ -21,89 +21,20 @@ from typing import Any
 from django.db import connections
 
 from . import coroutines, queries
+from .claims import Claim
 from .conf import settings
 from .decoding import PayloadDecoder
 from .exceptions import DispatchError, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
 from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
 
-__all__ = ["Outcome", "ReceiverTimeout", "backoff_delay", "run_claimed"]
+__all__ = ["Prepared", "ReceiverTimeout", "backoff_delay", "prepare", "record_failure", "run_claimed"]
 
 logger = logging.getLogger("outbox")
 
 
 class ReceiverTimeout(OutboxError):
     """A receiver ran longer than its ``timeout``."""
-
-
-class Outcome:
-    """What :func:`run_claimed` got through, and which rows of the batch are still its own.
-
-    Filled in as it goes, so it is right even when it is interrupted (a lost connection, a
-    stop request). Shared with the heartbeat thread (:mod:`outbox.heartbeat`), which may
-    hand the unstarted rest back while a receiver runs long: a row is started, or handed
-    back, under one lock, so never both. Only the running thread writes what it ran (a list
-    that only grows), so recording that takes no lock: one acquisition per row in all.
-    """
-
-    def __init__(self, ids: Sequence[int]) -> None:
-        self.ids = list(ids)
-        #: Rows of ``ids`` started, in order, and how many of those succeeded.
-        self.started = 0
-        self.succeeded = 0
-        self._done: list[int] = []  # succeeded, not recorded done when run
-        self._taken = 0  # how many of _done were handed to a caller to record
-        self._in_hand: int | None = None
-        self._since = 0.0
-        self._closed = False  # handed back: start nothing more
-        self._lock = threading.Lock()
-
-    def start(self, event_id: int) -> bool:
-        """Take ``event_id`` in hand; False if the rest of the batch was handed back."""
-        with self._lock:
-            if self._closed:
-                return False
-            self.started += 1
-            self._in_hand, self._since = event_id, time.monotonic()
-            return True
-
-    def ran(self, event_id: int, succeeded: bool, recorded: bool = False) -> None:
-        """The row in hand has run; a success not ``recorded`` yet is to be marked done."""
-        if succeeded:
-            self.succeeded += 1
-            if not recorded:
-                self._done.append(event_id)
-        self._in_hand = None
-
-    def held(self) -> list[int]:
-        """The rows whose lease must be kept: all of the batch until it is handed back
-        (rows already run too, until they are recorded), then the row in hand."""
-        with self._lock:
-            if not self._closed:
-                return self.ids
-            in_hand = self._in_hand
-            return [] if in_hand is None else [in_hand]
-
-    def hand_back(self) -> tuple[list[int], list[int]]:
-        """Start nothing more; return (succeeded but not recorded done, never started), for
-        the caller to complete and release. Each row is returned once, to one caller."""
-        with self._lock:
-            return self._hand_back()
-
-    def hand_back_if_stuck(self, seconds: float) -> tuple[list[int], list[int]] | None:
-        """:meth:`hand_back`, once the row in hand has run ``seconds``; else None."""
-        with self._lock:
-            if self._closed or self._in_hand is None or time.monotonic() - self._since < seconds:
-                return None
-            return self._hand_back()
-
-    def _hand_back(self) -> tuple[list[int], list[int]]:
-        # _done only grows: its first len() items stay what they are while ran() appends.
-        taken = len(self._done)
-        done, self._taken = self._done[self._taken : taken], taken
-        rest = [] if self._closed else self.ids[self.started :]
-        self._closed = True
-        return done, rest
 
 
 def backoff_delay(attempts: int) -> float:
@@ -118,57 +49,59 @@ def backoff_delay(attempts: int) -> float:
     return random.uniform(delay / 2, delay)
 
 
-def run_claimed(
-    database: str,
-    token: str,
-    rows: Sequence[queries.Claimed],
-    outcome: Outcome,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> Outcome:
-    """Run claimed rows in order until done, ``should_stop()``, or the rest is handed back.
+def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -> Claim:
+    """Run a claim's rows in order until done, ``should_stop()``, or the rest is handed back.
 
-    Failures are recorded as they happen (fenced on ``token``); successes are only listed in
-    ``outcome``: the caller marks them done in one statement (``outcome.hand_back()``).
-    Orphans (``row.alone``: reclaimed after their worker died) are run alone instead: see
-    :func:`_run_alone`.
+    The sequential path (concurrency 1, and relayed tasks). Failures are recorded as they
+    happen (fenced on the claim's token); successes are only noted in ``claim``: the caller
+    writes them done in one statement (:meth:`Claim.finish`). Orphans (``row.alone``:
+    reclaimed after their worker died) are run alone instead: see :func:`_run_alone`.
     """
     # Logging is decided once per batch: at thousands of events a second, even the
     # level test adds up, and a line per event at INFO would flood the log.
     info, debug = logger.isEnabledFor(logging.INFO), logger.isEnabledFor(logging.DEBUG)
     began = time.perf_counter()
-    started_before, done_before = outcome.started, outcome.succeeded
-    decoder = PayloadDecoder()
-    payloads = [_parse(row.payload) for row in rows]
-    for payload in payloads:
-        decoder.add(payload)
-    for row, payload in zip(rows, payloads, strict=True):
-        if should_stop() or not outcome.start(row.id):
+    started_before, done_before = claim.started, claim.succeeded
+    decoder, payloads = decode_batch(claim.rows)
+    while not should_stop():
+        row = claim.next()
+        if row is None:
             break
+        payload = payloads[row.id]
         started = time.perf_counter() if debug else 0.0
         if row.alone:
-            succeeded = _run_alone(database, token, row, payload, decoder)
-            outcome.ran(row.id, succeeded, recorded=True)
+            succeeded = _run_alone(claim, row, payload, decoder)
+            claim.ran(row.id, succeeded, recorded=True)
         else:
-            succeeded = _run_one(database, token, row, payload, decoder)
-            outcome.ran(row.id, succeeded)
+            succeeded = _run_one(claim, row, payload, decoder)
+            claim.ran(row.id, succeeded)
         if succeeded and debug:
             elapsed = (time.perf_counter() - started) * 1000
             logger.debug(
                 "event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts
             )
     if info:
-        ran, done = outcome.started - started_before, outcome.succeeded - done_before
-        left = f", {len(rows) - ran} handed back" if ran < len(rows) else ""
+        ran, done = claim.started - started_before, claim.succeeded - done_before
+        left = f", {len(claim) - ran} handed back" if ran < len(claim) else ""
         elapsed = (time.perf_counter() - began) * 1000
         logger.info(
             "batch of %d events: %d done, %d failed in %.1f ms%s", ran, done, ran - done, elapsed, left
         )
-    return outcome
+    return claim
 
 
-def _run_alone(
-    database: str, token: str, row: queries.Claimed, payload: Any, decoder: PayloadDecoder
-) -> bool:
+def decode_batch(rows: Sequence[queries.Claimed]) -> tuple[PayloadDecoder, dict[int, Any]]:
+    """Parse the payloads of a batch and fetch the model rows they name (one query per model,
+    from the calling thread); return the decoder and each row's parsed payload by id."""
+    decoder = PayloadDecoder()
+    payloads = {row.id: _parse(row.payload) for row in rows}
+    for payload in payloads.values():
+        decoder.add(payload)
+    decoder.prefetch()
+    return decoder, payloads
+
+
+def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
     """Run an orphan of a dead worker's batch, its outcome recorded at once; True on success.
 
     Its attempt is counted, and the row marked in hand, before its receiver runs: if it
@@ -176,18 +109,28 @@ def _run_alone(
     batch's death was pinned on none of its rows). Only after deaths: healthy batches
     never come here.
     """
-    attempts = queries.run_alone(database, token, row.id)
+    attempts = claim.run_alone(row.id)
     if attempts is None:
         return False  # its lease was lost meanwhile: another worker holds it
     logger.info("event %d was in a batch whose worker died: run alone (attempt %d)", row.id, attempts)
-    if not _run_one(database, token, replace(row, attempts=attempts), payload, decoder):
+    if not _run_one(claim, replace(row, attempts=attempts), payload, decoder):
         return False
-    queries.complete(database, token, [row.id])
+    claim.write_done([row.id])
     return True
 
 
-def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
-    """Run one event; True on success. A failure is recorded here."""
+class Prepared:
+    """A row ready to call: its receiver, signal and decoded arguments."""
+
+    __slots__ = ("kwargs", "sender", "signal", "spec")
+
+    def __init__(self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any]) -> None:
+        self.spec, self.signal, self.sender, self.kwargs = spec, signal, sender, kwargs
+
+
+def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> Prepared | None:
+    """Look up a row's receiver and decode its arguments; None if that failed (recorded,
+    for good: no retry would change it)."""
     started = time.perf_counter()
     try:
         spec = get_receiver(row.receiver)
@@ -208,16 +151,25 @@ def _run_one(database: str, token: str, row: queries.Claimed, payload: Any, deco
             raise DispatchError(f"the payload is not valid JSON: {payload.error}")
         sender, kwargs = decoder.decode(payload)
     except DispatchError as exc:
-        _record_failure(database, token, row, exc, started, permanent=True)
+        record_failure(claim, row, exc, started, permanent=True)
+        return None
+    return Prepared(spec, signal, sender, kwargs)
+
+
+def _run_one(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
+    """Run one event; True on success. A failure is recorded here."""
+    started = time.perf_counter()
+    ready = prepare(claim, row, payload, decoder)
+    if ready is None:
         return False
-    failure = _call_receiver(spec, signal, sender, kwargs)
+    failure = call_receiver(ready)
     if failure is not None:
-        _record_failure(database, token, row, failure, started, permanent=False)
+        record_failure(claim, row, failure, started, permanent=False)
         return False
     return True
 
 
-def _call_receiver(spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any]) -> BaseException | None:
+def call_receiver(ready: Prepared) -> BaseException | None:
     """Call one receiver; return its failure, None on success.
 
     Whatever it raises is its failure, not the worker's: SystemExit, KeyboardInterrupt,
@@ -228,7 +180,7 @@ def _call_receiver(spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any]) 
     before = open_transactions()
     failure: BaseException | None = None
     try:
-        _call(spec.func, spec.timeout, signal=signal, sender=sender, **kwargs)
+        _call(ready.spec.func, ready.spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
     except ReceiverTimeout as exc:
         _abandon_queries()
         failure = exc
@@ -261,15 +213,28 @@ def _is_ctrl_c(exc: BaseException) -> bool:
     )
 
 
-def _record_failure(
-    database: str, token: str, row: queries.Claimed, exc: BaseException, started: float, permanent: bool
+def record_failure(
+    claim: Claim,
+    row: queries.Claimed,
+    exc: BaseException,
+    started: float,
+    permanent: bool,
+    retry_in: float | None = None,
+    overdue: bool = False,
 ) -> None:
+    """Record a failed attempt of ``row``: a retry after backoff, or failed for good when
+    ``permanent`` or out of attempts; ``retry_in`` overrides the backoff. ``overdue``:
+    only store the error of a receiver still running past its timeout (outbox.concurrent)."""
     error = _error_text(exc)[:10000]
     trace = _traceback_text(exc)
-    retry_in = None
-    if not permanent and row.attempts < row.max_attempts:
+    if overdue:
+        claim.overdue(row.id, error, trace)
+        return
+    if retry_in is None and not permanent and row.attempts < row.max_attempts:
         retry_in = backoff_delay(row.attempts)
-    queries.record_failure(database, token, row.id, error, trace, retry_in)
+    if permanent or row.attempts >= row.max_attempts:
+        retry_in = None
+    claim.fail(row.id, error, trace, retry_in)
     outcome = "failed for good" if retry_in is None else f"failed, retry in {retry_in:.1f}s"
     logger.warning(
         "event %d %s %s in %.1f ms (attempt %d/%d): %s",

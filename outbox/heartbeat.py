@@ -1,15 +1,16 @@
-"""The heartbeat: a thread, with its own connection, that keeps the rows in hand leased.
+"""The heartbeat: one thread, with its own connection, that keeps the claims in hand leased.
 
-One per worker, and one per relayed task. While the batch runs it extends the lease of
-every row of it every ``LEASE_SECONDS / 3``, so that no row is reclaimed while it is still
-the runner's, including rows already run and not yet recorded done.
+One per worker process (it holds every claim of the worker, at any concurrency) and one per
+relayed task. Every ``lease_seconds / 3`` it extends the lease of the rows each claim still
+holds (:meth:`outbox.claims.Claim.held`), so that no row is reclaimed while it is still the
+runner's, including rows already run and not yet written done.
 
-Once the receiver in hand has run longer than :data:`HAND_BACK_AFTER` (or a third of the
-lease, if shorter), the rest of the batch is no longer held hostage: the heartbeat marks
-the rows already run done, hands the unstarted ones back (due now, their attempt undone,
-for any worker to take) and from then on extends only the row in hand. Which rows are
-still the runner's is decided under the lock of :class:`outbox.execution.Outcome`, so no
-row is both handed back here and started there.
+Once a row in hand has run longer than :data:`HAND_BACK_AFTER` (or a third of the lease, if
+shorter), the rest of its batch is no longer held hostage: the heartbeat writes the rows
+already run done, hands the unstarted ones back (due now, their attempt undone, for any
+worker to take) and from then on extends only the rows in hand. Which rows are still the
+runner's is decided under the claim's lock, so no row is both handed back here and started
+there. A claim with nothing left in hand (:attr:`~outbox.claims.Claim.settled`) is dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from django.db import DatabaseError, connections
 
 from . import queries
-from .execution import Outcome
+from .claims import Claim
 
 __all__ = ["HAND_BACK_AFTER", "Heartbeat"]
 
@@ -34,20 +35,22 @@ HAND_BACK_AFTER = 1.0
 
 
 class Heartbeat:
-    """Keeps the lease of the batch given to :meth:`hold`, from its own thread."""
+    """Keeps the leases of the claims given to :meth:`hold`, from its own thread."""
 
     def __init__(self, database: str, lease_seconds: float, name: str = "outbox-heartbeat") -> None:
         self.database = database
         self.lease_seconds = lease_seconds
         self.hand_back_after = min(HAND_BACK_AFTER, lease_seconds / 3)
         self.name = name
-        self._held: tuple[str, Outcome] | None = None
+        self._claims: list[Claim] = []
+        self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, token: str, outcome: Outcome | None) -> None:
-        """Keep the rows ``outcome`` still holds under ``token`` leased (None: nothing)."""
-        self._held = None if outcome is None else (token, outcome)
+    def hold(self, claim: Claim) -> None:
+        """Keep the rows ``claim`` still holds leased, until it has settled."""
+        with self._lock:
+            self._claims.append(claim)
 
     def start(self) -> None:
         """Start the thread."""
@@ -65,34 +68,35 @@ class Heartbeat:
         # Woken often enough to notice a long receiver promptly; this costs no query.
         tick = min(self.lease_seconds / 3, self.hand_back_after / 4)
         next_extension = time.monotonic() + self.lease_seconds / 3
-        owed: list[tuple[str, list[int], list[int]]] = []  # handed back, not yet written
+        owed: list[tuple[Claim, list[int], list[int]]] = []  # handed back, not yet written
         try:
             while not self._stopped.wait(tick):
-                held = self._held
-                if held is not None:
-                    handed = held[1].hand_back_if_stuck(self.hand_back_after)
+                with self._lock:
+                    claims = self._claims = [c for c in self._claims if not c.settled]
+                for claim in claims:
+                    handed = claim.hand_back_if_stuck(self.hand_back_after)
                     if handed is not None:
-                        owed.append((held[0], *handed))
+                        owed.append((claim, *handed))
                 owed = [entry for entry in owed if not self._write(*entry)]
                 if time.monotonic() >= next_extension:
                     next_extension = time.monotonic() + self.lease_seconds / 3
-                    if held is not None:
-                        self._extend(held[0], held[1].held())
-                    for token, done, rest in owed:
-                        self._extend(token, done + rest)
+                    for claim in claims:
+                        self._extend(claim)
+                    for claim, done, rest in owed:
+                        self._extend(claim, done + rest)
             for entry in owed:
                 self._write(*entry)
         finally:
             connections.close_all()
 
-    def _write(self, token: str, done: list[int], rest: list[int]) -> bool:
-        """Mark ``done`` done and release ``rest``; False if the database is unavailable."""
+    def _write(self, claim: Claim, done: list[int], rest: list[int]) -> bool:
+        """Write ``done`` done and release ``rest``; False if the database is unavailable."""
         try:
-            queries.complete(self.database, token, done)
-            released = queries.release(self.database, token, rest)
+            claim.write_done(done)
+            released = claim.release(rest)
         except DatabaseError as exc:
             logger.warning("could not hand back %d events (%s); retrying", len(done) + len(rest), exc)
-            connections[self.database].close()
+            connections[claim.database].close()
             return False
         if rest:
             logger.info(
@@ -102,11 +106,12 @@ class Heartbeat:
             )
         return True
 
-    def _extend(self, token: str, ids: list[int]) -> None:
-        if not ids:
-            return
+    def _extend(self, claim: Claim, ids: list[int] | None = None) -> None:
         try:
-            queries.extend_lease(self.database, token, ids, self.lease_seconds)
+            if ids is None:
+                claim.extend(self.lease_seconds)
+            elif ids:
+                queries.extend_lease(claim.database, claim.token, ids, self.lease_seconds)
         except DatabaseError as exc:
-            logger.warning("could not extend the lease of %d events: %s", len(ids), exc)
-            connections[self.database].close()
+            logger.warning("could not extend the leases of a batch: %s", exc)
+            connections[claim.database].close()

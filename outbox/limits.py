@@ -86,6 +86,8 @@ SETTINGS: dict[str, Range] = {
     # Claimed ids go into one statement's IN list on SQLite, whose limit is 32766 parameters.
     "BATCH_SIZE": Range(int, 1, 10_000),
     "RELAY_TASK_SIZE": Range(int, 1, 10_000),
+    # Each slot may be a thread with its own database connections.
+    "CONCURRENCY": Range(int, 1, 1_000),
     "RELAY_QUEUE_LIMIT": Range(int, 1, 1_000_000),
     # PostgreSQL's jsonb holds at most 256 MiB less one byte.
     "MAX_PAYLOAD_BYTES": Range(int, 1, 2**28 - 1, unit="bytes"),

@@ -39,6 +39,7 @@ __all__ = [
     "extend_lease",
     "insert_event",
     "insert_events",
+    "mark_overdue",
     "record_failure",
     "release",
     "run_alone",
@@ -405,6 +406,25 @@ def record_failure(
             f"last_error = %s, last_traceback = %s, lease_token = NULL "
             f"WHERE id = %s AND lease_token = %s",
             [status, *available_params, *finished_params, error, traceback, event_id, token],
+        )
+        return cursor.rowcount
+
+
+#: Appended to the ``worker`` column of a row whose receiver ran past its timeout in a
+#: thread that still runs it (outbox.concurrent); the next claim of the row overwrites it.
+OVERDUE_MARK = " [overdue]"
+
+
+def mark_overdue(alias: str, token: str, event_id: int, error: str, traceback: str) -> int:
+    """Record the timeout of a receiver that still runs in a thread: its error is stored and
+    its row marked overdue, but it stays ``running`` and leased to ``token`` (not claimable)
+    until the thread returns and :func:`record_failure` writes the attempt's outcome.
+    Served by the primary key."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET last_error = %s, last_traceback = %s, worker = worker || %s "
+            f"WHERE id = %s AND lease_token = %s AND status = 'running'",
+            [error, traceback, OVERDUE_MARK, event_id, token],
         )
         return cursor.rowcount
 

@@ -12,6 +12,8 @@ means not counting ``done`` events unless asked:
 - counting ``done`` events too (``count_done=True``) is one ``GROUP BY`` over the whole
   table, a sequential scan: about half a second per million rows on a small machine, so
   it is opt-in. Pruning keeps it small.
+- the overdue count (receivers past their timeout, still running in a worker thread) reads
+  running rows only, through the same index;
 - on PostgreSQL, the table's size and vacuum state come from the statistics views.
 """
 
@@ -65,6 +67,9 @@ class Report:
     done_in_last_minutes: dict[int, int]
     #: PostgreSQL only: size and vacuum state of the table.
     table: dict[str, Any] | None = None
+    #: Running events whose sync receiver is past its timeout and still runs in a worker
+    #: thread (failed, held until the thread returns: see outbox.concurrent).
+    overdue: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -167,6 +172,7 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
         by_receiver=dict(sorted(by_receiver.items())),
         done_in_last_minutes={minutes: done[f"m{minutes}"] for minutes in RATE_WINDOWS},
         table=_table_stats(database),
+        overdue=active.filter(status=S.RUNNING, worker__endswith=queries.OVERDUE_MARK).count(),
     )
     if thresholds:
         report.problems = _problems(report, thresholds)

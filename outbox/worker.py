@@ -1,12 +1,13 @@
 """The worker: claims committed events in batches and calls their receivers.
 
 ``python manage.py run_outbox`` is a thin shell over :class:`Worker`. The loop: claim a
-batch (one statement), decode it (one query per model for instances), call each receiver,
-mark the successes done (one statement) and record each failure with its traceback. A
-heartbeat thread (:mod:`outbox.heartbeat`) extends the lease of the batch in hand, so a
-slow receiver is never run twice, and hands back the unstarted rest of a batch whose
-receiver runs long; a worker that dies leaves rows that any worker reclaims when their
-lease expires.
+batch (one statement, :func:`outbox.claims.claim`) and hand the claim to the dispatcher,
+which runs its receivers (one after another, or ``concurrency`` at once: see
+:mod:`outbox.concurrent`) and records the batch through it: successes done in one
+statement, each failure with its traceback. One heartbeat thread (:mod:`outbox.heartbeat`)
+extends the leases of the claims in hand, so a slow receiver is never run twice, and hands
+back the unstarted rest of a batch whose receiver runs long; a worker that dies leaves rows
+that any worker reclaims when their lease expires.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connections
 
-from . import limits, pruning, queries
+from . import claims, limits, pruning
 from .checks import unapplied_migrations
+from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
 from .dispatch import Dispatcher, get_dispatcher
-from .execution import Outcome
 from .heartbeat import Heartbeat
 from .listener import Listener, can_listen
 
@@ -49,7 +50,8 @@ class Worker:
     """Drains the outbox of one database.
 
     ``once=True`` drains everything due now and returns; otherwise it runs until
-    :meth:`stop` (or SIGTERM/SIGINT when run from the main thread). With
+    :meth:`stop` (or SIGTERM/SIGINT when run from the main thread). ``concurrency`` (default
+    ``OUTBOX["CONCURRENCY"]``) receivers run at once; 1 runs them one after another. With
     ``check_migrations=True`` (as ``run_outbox`` runs it), :meth:`run` first waits for the
     database and raises ``ImproperlyConfigured`` if its outbox migrations are not applied.
     """
@@ -65,11 +67,18 @@ class Worker:
         once: bool = False,
         dispatcher: Dispatcher | None = None,
         check_migrations: bool = False,
+        concurrency: int | None = None,
     ) -> None:
         self.database = database or settings.database
         self.batch_size = batch_size or settings.BATCH_SIZE
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
-        self.dispatcher = dispatcher or get_dispatcher()
+        self.concurrency = settings.CONCURRENCY if concurrency is None else concurrency
+        if not limits.SETTINGS["CONCURRENCY"].holds(self.concurrency):
+            raise ImproperlyConfigured(
+                f"the worker's concurrency must be {limits.SETTINGS['CONCURRENCY'].describe()}, "
+                f"not {self.concurrency!r}"
+            )
+        self.dispatcher = dispatcher or get_dispatcher(concurrency=self.concurrency)
         # A relay hands rows to a queue and needs a lease that covers the wait there.
         self.lease_seconds = (
             lease_seconds or getattr(self.dispatcher, "lease_seconds", None) or settings.LEASE_SECONDS
@@ -105,15 +114,18 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the worker to stop after the receiver in hand."""
+        """Ask the worker to stop after the receivers in hand."""
         self.stopping = True
+        stop = getattr(self.dispatcher, "stop", None)
+        if stop is not None:
+            stop()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal_count += 1
         if self._signal_count > 1:
             logger.warning("second %s: exiting at once", signals.Signals(signum).name)
             os._exit(1)
-        logger.info("%s: finishing the receiver in hand, then exiting", signals.Signals(signum).name)
+        logger.info("%s: finishing the receivers in hand, then exiting", signals.Signals(signum).name)
         self.stop()
 
     def run(self) -> int:
@@ -124,10 +136,11 @@ class Worker:
                 handlers[signum] = signals.signal(signum, self._on_signal)
         self._heartbeat.start()
         logger.info(
-            "worker %s on database %r: batch %d, poll %.1fs, lease %.0fs, %s",
+            "worker %s on database %r: batch %d, concurrency %d, poll %.1fs, lease %.0fs, %s",
             self.name,
             self.database,
             self.batch_size,
+            self.concurrency,
             self.poll_interval,
             self.lease_seconds,
             "LISTEN/NOTIFY" if self.listen else "polling only",
@@ -137,6 +150,9 @@ class Worker:
                 self._start_up()
             self._loop()
         finally:
+            close = getattr(self.dispatcher, "close", None)
+            if close is not None:
+                close()  # the receivers in hand finish, under the heartbeat's leases
             self._heartbeat.stop()
             if self._listener:
                 self._listener.close()
@@ -177,8 +193,11 @@ class Worker:
                     self._settled = False
                     continue
                 if self.once:
-                    return
-                _close_broken_or_expired()
+                    if not self._in_flight():
+                        return
+                    time.sleep(0.01)  # rows in hand may fail and fall due again
+                    continue
+                recycle_connections()
                 # Inside the try: the LISTEN connection breaks here when the server
                 # restarts while the worker is idle.
                 self._idle()
@@ -258,27 +277,18 @@ class Worker:
 
     def run_batch(self) -> int:
         """Claim one batch and hand it to the dispatcher; return how many were claimed."""
-        token, rows = queries.claim(self.database, self.batch_size, self.lease_seconds, self.name)
-        if rows:
-            self.dispatcher.dispatch(self, token, rows)
-        return len(rows)
+        claim = claims.claim(self.database, self.batch_size, self.lease_seconds, self.name)
+        if claim.rows:
+            # The heartbeat keeps the rows still the claim's leased until it has settled (a
+            # row already run but not yet written done must not be reclaimed either), and
+            # may hand back the unstarted rest while a receiver runs long.
+            self._heartbeat.hold(claim)
+            self.processed += self.dispatcher.dispatch(claim)
+        return len(claim)
 
-    def hold(self, token: str, outcome: Outcome | None) -> None:
-        """Have the heartbeat keep the rows ``outcome`` still holds (none: None)."""
-        self._heartbeat.hold(token, outcome)
-
-    def finish(self, token: str, done: list[int], unstarted: list[int]) -> None:
-        """Mark successes done and hand back unstarted rows, retrying through a restart."""
-        for attempt in range(5):
-            try:
-                queries.complete(self.database, token, done)
-                queries.release(self.database, token, unstarted)
-                return
-            except _CONNECTION_ERRORS as exc:
-                logger.warning("could not record the batch (%s); retrying", exc)
-                connections[self.database].close()
-                time.sleep(0.2 * 2**attempt)
-        logger.error("gave up recording %d done events; they will run again after their lease", len(done))
+    def _in_flight(self) -> bool:
+        busy = getattr(self.dispatcher, "busy", None)
+        return bool(busy and busy())
 
 
 def reconnect_pause(failures: int) -> float:
@@ -296,27 +306,6 @@ def _require_migrated(alias: str) -> None:
             f"Database {alias!r} has {unapplied} unapplied outbox migration(s): the worker "
             f"cannot run there. Run 'manage.py migrate outbox --database {alias}' (outbox.W001)."
         )
-
-
-def _close_broken_or_expired() -> None:
-    """Django's between-requests connection rule, adapted to a long-running worker.
-
-    Broken connections are dropped and a positive ``CONN_MAX_AGE`` is honoured, but with
-    Django's default of 0 the connections stay open: closing them as a request would
-    makes every wake-up reconnect before it can claim, adding connection set-up to the
-    latency of every event.
-    """
-    for connection in connections.all(initialized_only=True):
-        if connection.connection is None:
-            continue
-        if connection.errors_occurred:
-            if not connection.is_usable():
-                connection.close()
-                continue
-            connection.errors_occurred = False
-        max_age = connection.settings_dict.get("CONN_MAX_AGE")
-        if max_age and connection.close_at is not None and time.monotonic() >= connection.close_at:
-            connection.close()
 
 
 def _listener_errors() -> tuple[type[BaseException], ...]:

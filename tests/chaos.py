@@ -6,6 +6,7 @@ are counted and must stay within the rows that were in flight when something die
 
     python -m tests.chaos --events 20000 --workers 4          # kills and one restart
     python -m tests.chaos --events 20000 --workers 4 --calm   # neither: no duplicates at all
+    python -m tests.chaos --events 20000 --workers 4 --no-restart --concurrency 8
 
 ``tests/test_chaos.py`` runs the same code at a size that fits in CI.
 
@@ -182,6 +183,7 @@ def run(
     timeout: float = 600.0,
     seed: int | None = None,
     pause: float = 0.0,
+    concurrency: int = 1,
     echo=print,
 ) -> Report:
     """Run the chaos scenario on Django's default database (migrated, PostgreSQL)."""
@@ -202,6 +204,7 @@ def run(
 
     logs = Path(tempfile.mkdtemp(prefix="outbox-chaos-"))
     args = ["--lease-seconds", str(lease_seconds), "--poll-interval", "0.2", "--batch-size", str(batch_size)]
+    args += ["--concurrency", str(concurrency)]
     pool = _Workers(workers, args, logs)
     started = time.monotonic()
     next_kill = started + rng.uniform(*kill_interval)
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calm", action="store_true", help="No kills and no restart.")
     parser.add_argument("--no-restart", action="store_true", help="Kills, but no PostgreSQL restart.")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--concurrency", type=int, default=1, help="Receivers each worker runs at once.")
     parser.add_argument("--database-url", default=os.environ.get("CHAOS_DATABASE_URL", DEFAULT_URL))
     options = parser.parse_args(argv)
     _setup(options.database_url)
@@ -310,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         kills=not options.calm,
         restart=not (options.calm or options.no_restart),
         seed=options.seed,
+        concurrency=options.concurrency,
     )
     print(report)
     problems = report.problems()

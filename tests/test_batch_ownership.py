@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from outbox import queries
-from outbox.execution import Outcome
+from outbox.claims import Claim
 from outbox.models import Event
 from tests.conftest import wait_for
 from tests.testapp.faults import crash
@@ -86,21 +86,22 @@ def test_a_hung_receiver_keeps_only_its_own_row_and_another_worker_runs_the_rest
 
 
 def test_a_row_is_either_started_or_handed_back_never_both():
-    outcome = Outcome([1, 2, 3, 4])
-    assert outcome.start(1)
-    outcome.ran(1, True)
-    assert outcome.start(2)
-    assert outcome.hand_back_if_stuck(60) is None, "row 2 has not run a minute"
-    assert outcome.held() == [1, 2, 3, 4]
+    claim = Claim("default", "token", [queries.Claimed(i, "s", "r", {}, 1, 8) for i in (1, 2, 3, 4)])
+    assert claim.next().id == 1
+    claim.ran(1, True)
+    assert claim.next().id == 2
+    assert claim.hand_back_if_stuck(60) is None, "row 2 has not run a minute"
+    assert claim.held() == [1, 2, 3, 4]
     # Row 2 hangs: the heartbeat takes the row already run and the unstarted rest.
-    assert outcome.hand_back_if_stuck(0) == ([1], [3, 4])
-    assert outcome.held() == [2], "only the row in hand is still leased"
-    assert outcome.hand_back_if_stuck(0) is None, "handed back once"
-    outcome.ran(2, True)
-    assert not outcome.start(3), "a row handed back is not started"
-    assert outcome.held() == []
-    assert outcome.hand_back() == ([2], [])
-    assert (outcome.started, outcome.succeeded) == (2, 2)
+    assert claim.hand_back_if_stuck(0) == ([1], [3, 4])
+    assert claim.held() == [2], "only the row in hand is still leased"
+    assert claim.hand_back_if_stuck(0) is None, "handed back once"
+    claim.ran(2, True)
+    assert claim.next() is None, "a row handed back is not started"
+    assert claim.held() == [2], "run, not yet written done"
+    assert claim.settled
+    assert claim.hand_back() == ([2], [])
+    assert (claim.started, claim.succeeded) == (2, 2)
 
 
 def test_a_reclaim_gives_back_a_batch_attempt_and_keeps_the_attempt_of_the_row_in_hand():

@@ -43,29 +43,44 @@ def test_an_idle_worker_survives_losing_its_connections(worker_process):
     assert worker.wait() == 0
 
 
-def test_a_busy_worker_survives_losing_its_connections(worker_process):
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_a_busy_worker_survives_losing_its_connections(concurrency, worker_process):
     for i in range(200):
         work.send(sender=None, key=str(i), sleep=0.01)
-    worker = worker_process("--poll-interval", "0.5", "--batch-size", "20", "--lease-seconds", "2")
+    worker = worker_process(
+        "--poll-interval",
+        "0.5",
+        "--batch-size",
+        "20",
+        "--lease-seconds",
+        "2",
+        "--concurrency",
+        str(concurrency),
+    )
     wait_for(lambda: Call.objects.count() >= 20)
     _terminate_other_sessions()
     wait_for(lambda: not Event.objects.exclude(status="done").exists(), timeout=60)
     assert worker.process.poll() is None
     assert Call.objects.values("key").distinct().count() == 200
-    # Calls whose completion the lost connection swallowed run again; at most one batch.
-    assert Call.objects.count() - 200 <= 20
+    # Calls whose completion the lost connection swallowed run again; at most the batches
+    # in hand (one at concurrency 1; at concurrency N, N receivers and the batch feeding them).
+    assert Call.objects.count() - 200 <= 20 * (1 if concurrency == 1 else 2)
 
 
-def test_four_workers_racing_without_faults_run_nothing_twice():
-    report = chaos.run(800, 4, kills=False, batch_size=20, seed=1)
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_four_workers_racing_without_faults_run_nothing_twice(concurrency):
+    report = chaos.run(800, 4, kills=False, batch_size=20, seed=1, concurrency=concurrency)
     print(f"\n{report}")
     assert report.problems() == []
     assert (report.duplicates, report.lost, report.crashes) == (0, 0, 0)
 
 
-def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_flight():
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_flight(concurrency):
     # 20 ms a call: about 5 s of work per worker, so kills land mid-batch on a fast machine too.
-    report = chaos.run(1000, 4, kill_interval=(1.0, 2.5), batch_size=20, seed=2, pause=0.02)
+    report = chaos.run(
+        1000, 4, kill_interval=(1.0, 2.5), batch_size=20, seed=2, pause=0.02, concurrency=concurrency
+    )
     print(f"\n{report}")
     assert report.kills >= 2 and report.in_flight_at_kills > 0, "the kills hit workers holding rows"
     assert report.problems() == []

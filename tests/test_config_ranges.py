@@ -68,6 +68,7 @@ def test_a_max_attempts_setting_the_column_cannot_hold_fails_the_send_before_it_
         ("POLL_INTERVAL", 86400.5),
         ("POLL_INTERVAL", float("inf")),
         ("BATCH_SIZE", 10**6),
+        ("CONCURRENCY", 10**6),
         ("MAX_PAYLOAD_BYTES", 2**40),
         ("RELAY_LEASE_SECONDS", 1e12),
         ("RELAY_TASK_SIZE", 10**6),
@@ -98,6 +99,7 @@ def test_the_largest_values_in_range_pass_the_check():
         "RELAY_LEASE_SECONDS": 315_360_000.0,
         "POLL_INTERVAL": 86400,
         "BATCH_SIZE": 10_000,
+        "CONCURRENCY": 1000,
         "PRUNE_AFTER": datetime.timedelta(days=3650),
         "NOTIFY_CHANNEL": "x" * 63,
     }

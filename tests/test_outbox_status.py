@@ -228,9 +228,9 @@ def test_status_replay_and_prune_read_indexes_not_the_whole_table_of_done_events
             lambda: prune("default", datetime.timedelta(hours=1), should_stop=lambda: next(one_batch, True))
         ),
     }
-    # Lag, due count, three counts (active, failed, discarded), rate; replay's selection;
-    # one prune page.
-    assert len(plans) == 8
+    # Lag, due count, three counts (active, failed, discarded), rate, overdue receivers;
+    # replay's selection; one prune page.
+    assert len(plans) == 9
     for sql, plan in plans.items():
         assert not _reads_whole_table(plan), f"{sql}\n{plan}"
     assert Event.objects.filter(status="done").count() == 50_000 - 1000  # one batch pruned

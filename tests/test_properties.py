@@ -6,6 +6,9 @@ blocks, each committing or rolling back, with sends of two signals at any depth:
 has two deferred receivers and one on_commit receiver, ``probe_other`` one deferred
 receiver. Sends at the top level run in autocommit.
 
+The property runs with the worker at concurrency 1 (one receiver after another) and 4
+(threads).
+
 Any JSON-like value (floats of every kind, strings holding NUL, dicts in any key order)
 arrives exactly as it was sent, on SQLite as on PostgreSQL, whose ``jsonb`` would refuse
 NUL and rewrite floats and key order if the payload let it.
@@ -90,14 +93,15 @@ def run(body, counter, expected, committed=True):
             pass
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 @settings(PROFILE)
 @given(tree=trees)
-def test_exactly_the_committed_sends_are_delivered_once(tree):
+def test_exactly_the_committed_sends_are_delivered_once(concurrency, tree):
     PROBES.clear()
     Event.objects.all().delete()
     expected: list[tuple[str, int]] = []
     run(tree, itertools.count(), expected)
-    Worker(once=True, listen=False).run()
+    Worker(once=True, listen=False, concurrency=concurrency).run()
     assert sorted(PROBES) == sorted(expected)
     assert not Event.objects.exclude(status="done").exists()
     deferred = [call for call in expected if call[0] != "probe_now"]

@@ -233,7 +233,7 @@ def test_batch_size_setting_is_read_at_call_time():
 
 
 def test_an_idle_worker_keeps_its_connection_with_the_default_conn_max_age():
-    from outbox.worker import _close_broken_or_expired
+    from outbox.concurrent import recycle_connections as _close_broken_or_expired
 
     connection.ensure_connection()
     raw = connection.connection
@@ -243,7 +243,7 @@ def test_an_idle_worker_keeps_its_connection_with_the_default_conn_max_age():
 
 
 def test_an_idle_worker_honours_a_positive_conn_max_age(monkeypatch):
-    from outbox.worker import _close_broken_or_expired
+    from outbox.concurrent import recycle_connections as _close_broken_or_expired
 
     connection.ensure_connection()
     monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 60)

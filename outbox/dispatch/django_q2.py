@@ -7,9 +7,11 @@ batch as always, under ``RELAY_LEASE_SECONDS``; :class:`Dispatcher` enqueues one
 
 A task carries a database alias, the claim token and event ids, nothing else: no
 receiver path, no payload, nothing the cluster would import or call on the task's word.
-:func:`run_relayed` loads the rows, runs only receivers registered in its process through
-:func:`outbox.execution.run_claimed` (so retries, backoff, ``failed`` and tracebacks are
-recorded exactly as in-process), and marks them done fenced on its own token.
+:func:`run_relayed` takes the rows over as its own :class:`outbox.claims.Claim`, runs only
+receivers registered in its process through :func:`outbox.execution.run_claimed` (so
+retries, backoff, ``failed`` and tracebacks are recorded exactly as in-process) under the
+same :class:`outbox.heartbeat.Heartbeat` as the worker's, and marks them done fenced on its
+own token.
 
 The outbox stays the source of truth: a task the cluster lost (a worker SIGKILLed, the
 broker flushed) leaves its rows leased, and the relay claims and relays them again once
@@ -25,23 +27,20 @@ import os
 import re
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.apps import apps
 from django.conf import settings as django_settings
 from django.core.checks import Error
 from django.utils import timezone
 
-from .. import queries
+from .. import claims
+from ..claims import Claim
 from ..conf import settings
 from ..exceptions import DispatchError
-from ..execution import Outcome, run_claimed
+from ..execution import run_claimed
 from ..heartbeat import Heartbeat
 from ..worker import reconnect_pause
-
-if TYPE_CHECKING:
-    from ..worker import Worker
 
 __all__ = ["TASK", "Dispatcher", "run_relayed"]
 
@@ -58,6 +57,11 @@ class Dispatcher:
     def __init__(self) -> None:
         self._broker: Any = None
         self._failures = 0
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Stop waiting for room in the queue (the worker is stopping)."""
+        self.stopping = True
 
     @property
     def lease_seconds(self) -> float:
@@ -83,12 +87,16 @@ class Dispatcher:
             )
         ]
 
-    def dispatch(self, worker: Worker, token: str, rows: Sequence[queries.Claimed]) -> None:
-        """Enqueue the batch as tasks of ``RELAY_TASK_SIZE`` events; wait while the queue is full."""
+    def dispatch(self, claim: Claim) -> int:
+        """Enqueue the batch as tasks of ``RELAY_TASK_SIZE`` events, and return how many
+        were handed over; wait while the queue is full."""
         from django_q.brokers import get_broker
         from django_q.tasks import async_task
 
-        ids = [row.id for row in rows]
+        # The rows are the tasks' from now on, under the relay's lease: this process
+        # neither writes nor extends them (unless handing them over fails).
+        claim.hand_over()
+        ids = [row.id for row in claim.rows]
         size = settings.RELAY_TASK_SIZE
         try:
             if self._broker is None:
@@ -97,7 +105,7 @@ class Dispatcher:
             for start in range(0, len(ids), size):
                 chunk = ids[start : start + size]
                 options = {"broker": collector, "save": False, "task_name": f"outbox {chunk[0]}+{len(chunk)}"}
-                async_task(TASK, worker.database, token, chunk, q_options=options)
+                async_task(TASK, claim.database, claim.token, chunk, q_options=options)
             _push(self._broker, collector.packs)
         except Exception as exc:  # noqa: BLE001 - each broker raises its own errors; all mean "not handed over"
             self._failures += 1
@@ -111,15 +119,20 @@ class Dispatcher:
                 pause,
             )
             # Tasks already pushed find their rows released and run nothing.
-            queries.release(worker.database, token, ids)
-            _sleep(worker, pause)
-            return
+            claim.release(ids)
+            self._sleep(pause)
+            return 0
         self._failures = 0
-        worker.processed += len(ids)
         logger.debug("relayed %d events as %d tasks", len(ids), len(collector.packs))
         limit = settings.RELAY_QUEUE_LIMIT
-        while not worker.stopping and _queued(self._broker) >= limit:
+        while not self.stopping and _queued(self._broker) >= limit:
             time.sleep(0.05)
+        return len(ids)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
 
 
 class _Collector:
@@ -174,12 +187,6 @@ def _queued(broker: Any) -> int:
     return broker.queue_size() or 0
 
 
-def _sleep(worker: Worker, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not worker.stopping and time.monotonic() < deadline:
-        time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
-
-
 def run_relayed(database: str, token: str, ids: list[int]) -> int:
     """The django-q2 task: run the relayed events still held by ``token``; return how
     many succeeded. Failures are recorded on their rows, not raised to django-q2."""
@@ -193,26 +200,23 @@ def run_relayed(database: str, token: str, ids: list[int]) -> int:
     ):
         raise DispatchError(f"malformed relayed task: {database!r}, {token!r}, {ids!r}")
     worker = f"{socket.gethostname()}:{os.getpid()} django-q2"
-    mine, rows = queries.take(database, token, ids, settings.LEASE_SECONDS, worker)
-    if len(rows) < len(ids):
+    claim = claims.take(database, token, ids, settings.LEASE_SECONDS, worker)
+    if len(claim) < len(ids):
         logger.info(
             "%d of %d relayed events were already taken, finished or relayed again: skipped",
-            len(ids) - len(rows),
+            len(ids) - len(claim),
             len(ids),
         )
-    if not rows:
+    if not claim.rows:
         return 0
-    outcome = Outcome([row.id for row in rows])
     # The worker's heartbeat, for this task's rows: it hands the unstarted ones back to
     # the relay if a receiver runs long, so that other tasks run them meanwhile.
     heartbeat = Heartbeat(database, settings.LEASE_SECONDS, name="outbox-relay-heartbeat")
-    heartbeat.hold(mine, outcome)
+    heartbeat.hold(claim)
     heartbeat.start()
     try:
-        run_claimed(database, mine, rows, outcome)
+        run_claimed(claim)
     finally:
         heartbeat.stop()
-        done, unstarted = outcome.hand_back()
-        queries.complete(database, mine, done)
-        queries.release(database, mine, unstarted)
-    return outcome.succeeded
+        claim.finish()
+    return claim.succeeded

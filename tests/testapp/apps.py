@@ -1,3 +1,5 @@
+import os
+
 from django.apps import AppConfig
 
 
@@ -7,3 +9,8 @@ class TestAppConfig(AppConfig):
 
     def ready(self):
         from . import async_receivers, faults, receivers  # noqa: F401
+
+        if os.environ.get("OUTBOX_TEST_SLOW_RECEIVERS") == "1":
+            from . import slow_receivers
+
+            slow_receivers.connect()

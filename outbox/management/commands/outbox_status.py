@@ -82,6 +82,11 @@ def _text(report: Report) -> str:
         f"events: {counts}" + ("" if by_status["done"] is not None else " (done: pass --count-done)"),
         f"done in the last {minutes} min: {windows} ({rates} per second)",
     ]
+    if report.overdue:
+        lines.append(
+            f"overdue: {report.overdue} receivers ran past their timeout and still run in a worker "
+            f"thread; their events are failed and held until the thread returns"
+        )
     if report.by_receiver:
         statuses = [s for s, n in by_status.items() if n is not None]
         width = max(len(r) for r in report.by_receiver)

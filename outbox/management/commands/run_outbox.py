@@ -43,6 +43,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--lease-seconds", type=within(SETTINGS["LEASE_SECONDS"]), help="Lease of a claimed event."
         )
+        parser.add_argument(
+            "--concurrency",
+            type=within(SETTINGS["CONCURRENCY"]),
+            help="Receivers run at once (default: OUTBOX['CONCURRENCY']; 1: one after another).",
+        )
         parser.add_argument("--once", action="store_true", help="Drain everything due now, then exit.")
         parser.add_argument(
             "--no-listen",
@@ -68,6 +73,7 @@ class Command(BaseCommand):
             listen=not options["no_listen"],
             once=options["once"],
             check_migrations=True,
+            concurrency=options["concurrency"],
         )
         restore = _configure_logging(options["verbosity"])
         try:
