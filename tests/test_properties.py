@@ -120,8 +120,10 @@ def test_the_property_sees_a_rollback_inside_a_committed_block():
 
 
 # Strings drawn mostly from characters jsonb treats specially: NUL, and keys whose jsonb
-# order (by UTF-8 length, then bytes) differs from their insertion order.
-texts = st.text(st.sampled_from("\x00ab\u00e9\u20ac") | st.characters(), max_size=6)
+# order (by UTF-8 length, then bytes) differs from their insertion order. Lone surrogates,
+# which st.characters() draws by default, are not text JSON can carry: send() refuses them
+# (tests/test_serialization.py), so they are left out here.
+texts = st.text(st.sampled_from("\x00ab\u00e9\u20ac") | st.characters(codec="utf-8"), max_size=6)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | texts
 json_values = st.recursive(
     scalars,
