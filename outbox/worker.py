@@ -17,12 +17,13 @@ import signal as signals
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connections
 
-from . import limits, pruning, queries
+from . import limits, pruning, queries, routing
 from .checks import unapplied_migrations
 from .conf import DEFAULTS, settings
 from .dispatch import Dispatcher, get_dispatcher
@@ -65,6 +66,7 @@ class Worker:
         once: bool = False,
         dispatcher: Dispatcher | None = None,
         check_migrations: bool = False,
+        queues: Sequence[str] | None = None,
     ) -> None:
         self.database = database or settings.database
         self.batch_size = batch_size or settings.BATCH_SIZE
@@ -75,6 +77,8 @@ class Worker:
             lease_seconds or getattr(self.dispatcher, "lease_seconds", None) or settings.LEASE_SECONDS
         )
         self._refuse_bad_numbers()
+        #: The queues this worker drains; None: every queue (outbox.routing).
+        self.queues = None if queues is None else [routing.check_queue(queue) for queue in queues] or None
         self.listen = listen and not once and can_listen(self.database)
         self.once = once
         self.check_migrations = check_migrations
@@ -132,6 +136,8 @@ class Worker:
             self.lease_seconds,
             "LISTEN/NOTIFY" if self.listen else "polling only",
         )
+        if self.queues:
+            logger.info("worker %s drains queues %s", self.name, ", ".join(self.queues))
         try:
             if self.check_migrations:
                 self._start_up()
@@ -258,7 +264,9 @@ class Worker:
 
     def run_batch(self) -> int:
         """Claim one batch and hand it to the dispatcher; return how many were claimed."""
-        token, rows = queries.claim(self.database, self.batch_size, self.lease_seconds, self.name)
+        token, rows = queries.claim(
+            self.database, self.batch_size, self.lease_seconds, self.name, queues=self.queues
+        )
         if rows:
             self.dispatcher.dispatch(self, token, rows)
         return len(rows)

@@ -6,4 +6,4 @@ class TestAppConfig(AppConfig):
     label = "testapp"
 
     def ready(self):
-        from . import faults, receivers  # noqa: F401
+        from . import faults, receivers, routed  # noqa: F401

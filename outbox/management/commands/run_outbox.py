@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from outbox.checks import check_settings
 from outbox.conf import settings
 from outbox.limits import SETTINGS
+from outbox.management import arguments
 from outbox.management.arguments import within
 from outbox.worker import Worker
 
@@ -43,6 +44,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--lease-seconds", type=within(SETTINGS["LEASE_SECONDS"]), help="Lease of a claimed event."
         )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            type=arguments.queue,
+            metavar="NAME",
+            help="Drain only this queue (repeatable; default: every queue).",
+        )
         parser.add_argument("--once", action="store_true", help="Drain everything due now, then exit.")
         parser.add_argument(
             "--no-listen",
@@ -68,6 +76,7 @@ class Command(BaseCommand):
             listen=not options["no_listen"],
             once=options["once"],
             check_migrations=True,
+            queues=options["queue"],
         )
         restore = _configure_logging(options["verbosity"])
         try:
