@@ -296,7 +296,7 @@ def _postgresql_insert(
     their key's advisory lock first (_ORDERED_INSERT).
     """
     quoted = _quote(pg, payload)
-    tail = f"{quoted}::jsonb, {{available}}, {_PG_NOW}, {{queue}}, {{key}})"
+    payload_value = f"{quoted}::jsonb, "  # no str.format() past this point: JSON has braces
     rows: list[str] = []
     locks: set[tuple[int, int]] = set()
     for receiver, max_attempts, queue, key in receivers:
@@ -305,15 +305,17 @@ def _postgresql_insert(
         last_error = _wake(pg) if notify and not rows else "''"
         head = _row_head(pg, signal, receiver, int(max_attempts))
         if key is None:
-            values = tail.format(available=_PG_NOW, queue=_queue_literal(pg, queue), key="NULL")
+            available, key_value = _PG_NOW, "NULL"
         else:
             quoted_key = _quote(pg, key)
             park = _PARK_IF_BLOCKED.format(
                 receiver=_literal(pg, receiver), key=quoted_key, parked=_PG_PARKED, now=_PG_NOW
             )
-            values = tail.format(available=park, queue=_queue_literal(pg, queue), key=quoted_key)
+            available, key_value = park, quoted_key
             locks.add(key_lock(receiver, key))
-        rows.append(f"{head}{last_error}, {values}")
+        rows.append(
+            f"{head}{last_error}, {payload_value}{available}, {_PG_NOW}, {_queue_literal(pg, queue)}, {key_value})"
+        )
     if not locks:
         return f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {', '.join(rows)}"
     # Sorted, so two statements locking the same keys cannot deadlock each other.

@@ -1,0 +1,159 @@
+"""Per-key ordering: events of one receiver and key run one at a time, in send order."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+
+import outbox
+from outbox import queries
+from outbox.exceptions import RegistrationError, SerializationError
+from outbox.models import Event
+from tests.conftest import wait_for
+from tests.testapp.models import Call
+from tests.testapp.routed import overlaps, steps
+from tests.testapp.signals import ordered
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RECEIVER = "tests.testapp.routed.in_order"
+
+
+def send(account, step, **kwargs):
+    ordered.send(sender="bank", account=account, step=step, **kwargs)
+
+
+def fix(account, step):
+    Call.objects.create(receiver="fixed", key=f"{account}:{step}", worker_pid=0)
+
+
+def claimed(**options):
+    """The receivers' (key, step) of what one claim takes, handed back after."""
+    token, rows = queries.claim("default", options.pop("batch_size", 100), 60, "test", **options)
+    queries.release("default", token, [row.id for row in rows])
+    return sorted(Event.objects.get(pk=row.id).ordering_key for row in rows)
+
+
+def make_due():
+    """Skip backoff waits (parked events stay parked)."""
+    Event.objects.filter(status="pending").exclude(available_at=queries.PARKED).update(
+        available_at=timezone.now()
+    )
+
+
+def test_the_key_is_stored_and_an_int_key_as_its_decimal_string():
+    send("alice", 1)
+    send(42, 2)
+    assert list(Event.objects.order_by("id").values_list("ordering_key", "queue")) == [
+        ("alice", "default"),
+        ("42", "default"),
+    ]
+
+
+def test_a_claim_takes_only_the_head_of_each_key():
+    for step in range(3):
+        send("alice", step)
+        send("bob", step)
+    assert claimed() == ["alice", "bob"]
+
+
+@pytest.mark.parametrize(
+    "key, problem",
+    [
+        (1.5, "float"),
+        (True, "bool"),
+        (b"x", "bytes"),
+        ("x" * 256, "longer than 255"),
+        (10**300, "longer than 255"),
+        ("a\x00b", "NUL"),
+    ],
+)
+def test_a_bad_key_is_refused_at_send_and_the_transaction_goes_on(key, problem):
+    with transaction.atomic():
+        with pytest.raises(SerializationError, match=problem):
+            send(key, 1)
+        send("fine", 2)  # the transaction is not poisoned
+    assert list(Event.objects.values_list("ordering_key", flat=True)) == ["fine"]
+
+
+def test_ordering_key_and_queue_are_refused_for_on_commit_delivery():
+    def now(sender, **kwargs):
+        pass
+
+    with pytest.raises(RegistrationError, match="delivery='outbox' only"):
+        outbox.connect(ordered, now, delivery="on_commit", ordering_key=lambda sender, **kw: 1)
+    with pytest.raises(RegistrationError, match="delivery='outbox' only"):
+        outbox.connect(ordered, now, delivery="on_commit", queue="emails")
+
+
+def test_the_key_function_gets_the_sender_the_signal_and_the_arguments():
+    seen = []
+
+    def key(sender, **kwargs):
+        seen.append((sender, kwargs))
+        return None
+
+    from tests.testapp import routed
+
+    outbox.connect(ordered, routed.in_order, ordering_key=key, dispatch_uid="probe", max_attempts=3)
+    try:
+        send("alice", 1)
+    finally:
+        outbox.disconnect(ordered, dispatch_uid="probe")
+    assert seen == [("bank", {"signal": ordered, "account": "alice", "step": 1})]
+
+
+@override_settings(OUTBOX={"BACKOFF_BASE_SECONDS": 30})
+def test_a_failed_event_blocks_its_key_and_parks_what_comes_after(drain):
+    send("alice", 1, fail="until_fixed")
+    drain()  # fails, retried after its backoff: its key stays blocked meanwhile
+    send("alice", 2)
+    send("bob", 1)
+    assert claimed() == ["bob"]
+    make_due()
+    assert claimed() == ["alice", "bob"]  # the head, due again
+    for _ in range(5):
+        make_due()
+        drain()
+    head = Event.objects.get(ordering_key="alice", status="failed")
+    assert head.attempts == 3
+    assert steps("bob") == [1] and steps("alice") == []
+    behind = Event.objects.get(ordering_key="alice", status="pending")
+    assert behind.available_at == queries.PARKED  # out of the claim's range
+    send("alice", 3)  # written parked: its key is blocked already
+    assert Event.objects.filter(ordering_key="alice", available_at=queries.PARKED).count() == 2
+    send("bob", 2)
+    drain()
+    assert steps("bob") == [1, 2] and steps("alice") == []
+
+
+@pytest.mark.parametrize("action", ["outbox_replay", "outbox_discard"])
+def test_replaying_or_discarding_the_failed_event_unblocks_its_key(drain, action):
+    send("alice", 1, fail="until_fixed")
+    send("alice", 2)
+    send("alice", 3)
+    for _ in range(4):
+        drain()
+        make_due()
+    assert Event.objects.filter(status="failed").count() == 1
+    fix("alice", 1)
+    call_command(action, "--receiver", RECEIVER, stdout=open("/dev/null", "w"))  # noqa: SIM115
+    drain()
+    assert steps("alice") == ([1, 2, 3] if action == "outbox_replay" else [2, 3])
+    assert not Event.objects.exclude(status__in=["done", "discarded"]).exists()
+    assert overlaps() == []
+
+
+def test_pruning_the_failed_event_unblocks_its_key(drain):
+    send("alice", 1, fail="until_fixed")
+    send("alice", 2)
+    for _ in range(4):
+        drain()
+        make_due()
+    Event.objects.filter(status="failed").update(finished_at=timezone.now() - timezone.timedelta(days=30))
+    call_command("outbox_prune", "--status", "failed", "--older-than", "7d", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    drain()
+    assert steps("alice") == [2]
