@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import threading
+
 import pytest
 from django.core.management import call_command
 from django.db import transaction
@@ -12,7 +15,7 @@ import outbox
 from outbox import queries
 from outbox.exceptions import RegistrationError, SerializationError
 from outbox.models import Event
-from tests.conftest import wait_for
+from tests.conftest import postgres_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.routed import overlaps, steps
 from tests.testapp.signals import ordered
@@ -157,3 +160,96 @@ def test_pruning_the_failed_event_unblocks_its_key(drain):
     call_command("outbox_prune", "--status", "failed", "--older-than", "7d", stdout=open("/dev/null", "w"))  # noqa: SIM115
     drain()
     assert steps("alice") == [2]
+
+
+# --- real worker processes -------------------------------------------------------------
+
+
+def send_interleaved(accounts, count, **first):
+    """``count`` steps per account, interleaved, committed at once; step 0 gets ``first``."""
+    with transaction.atomic():
+        for step in range(count):
+            for account in accounts:
+                send(account, step, **(first if step == 0 else {}), hold=0.005)
+
+
+def all_done(total):
+    return lambda: Event.objects.filter(status="done").count() == total
+
+
+def test_two_workers_run_each_key_in_send_order_with_a_head_that_fails_once(worker_process):
+    accounts = ["alice", "bob", "carol", "dave", "erin"]
+    workers = [worker_process("--batch-size", "4", ready=False) for _ in range(2)]
+    for worker in workers:
+        worker.wait_ready()
+    send_interleaved(accounts, 12, fail="once")
+    wait_for(all_done(60), timeout=120)
+    for account in accounts:
+        assert steps(account) == list(range(12))
+    assert Call.objects.filter(receiver="failed").count() == 5
+    assert overlaps() == []
+
+
+def test_racing_workers_never_run_two_events_of_one_key_at_once(worker_process):
+    # One hot key and a few others, batches of one: every claim races for the same head.
+    workers = [worker_process("--batch-size", "1", ready=False) for _ in range(3)]
+    for worker in workers:
+        worker.wait_ready()
+    send_interleaved(["hot"], 40)
+    send_interleaved(["a", "b"], 10)
+    wait_for(all_done(60), timeout=120)
+    assert overlaps() == []
+    assert steps("hot") == list(range(40))
+    assert len(set(Call.objects.filter(receiver="end").values_list("worker_pid", flat=True))) > 1
+
+
+@pytest.mark.skip(reason="needs --concurrency (issue 11)")
+def test_concurrent_workers_run_each_key_in_send_order(worker_process):
+    accounts = [f"account{i}" for i in range(20)]
+    send_interleaved(accounts, 6, fail="once")
+    for _ in range(2):
+        worker_process("--concurrency", "10", "--batch-size", "20")
+    wait_for(all_done(120), timeout=120)
+    for account in accounts:
+        assert steps(account) == list(range(6))
+    assert overlaps() == []
+
+
+def test_other_keys_keep_flowing_while_a_worker_process_holds_one_blocked(worker_process):
+    send("alice", 1, fail="until_fixed")
+    send("alice", 2)
+    worker = worker_process()
+    wait_for(lambda: Event.objects.filter(status="failed").exists())
+    for step in range(5):
+        send("bob", step)
+    wait_for(lambda: steps("bob") == list(range(5)))
+    assert steps("alice") == []
+    fix("alice", 1)
+    call_command("outbox_replay", "--receiver", RECEIVER, stdout=io.StringIO())
+    wait_for(lambda: steps("alice") == [1, 2])
+    worker.signal()
+    assert worker.wait() == 0
+
+
+@postgres_only
+def test_a_second_sender_of_a_key_waits_for_the_first_to_commit():
+    # Ids of one key follow commit order: else a claim could run the later event while
+    # the earlier one is still uncommitted, and out of order.
+    second = threading.Thread(target=_send_on_own_connection, args=("alice", 2))
+    with transaction.atomic():
+        send("alice", 1)
+        second.start()
+        second.join(1.0)
+        assert second.is_alive()  # blocked on the key's lock
+    second.join(30)
+    assert not second.is_alive()
+    assert Event.objects.filter(ordering_key="alice").count() == 2
+
+
+def _send_on_own_connection(account, step):
+    from django.db import connections
+
+    try:
+        send(account, step)
+    finally:
+        connections.close_all()

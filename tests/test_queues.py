@@ -100,7 +100,8 @@ def test_replay_and_discard_take_queue(command):
     call_command(command, "--queue", "slow", stdout=out)
     assert "3 changed" in out.getvalue()
     changed = "pending" if command == "outbox_replay" else "discarded"
-    assert dict(Event.objects.values_list("queue", "status").distinct()) == {"slow": changed, "fast": "failed"}
+    statuses = dict(Event.objects.values_list("queue", "status").distinct())
+    assert statuses == {"slow": changed, "fast": "failed"}
 
 
 @pytest.mark.parametrize("name", ["", "two words", "-dash", ".dot", "x" * 65, "é", "a/b"])
