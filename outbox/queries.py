@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from django.conf import settings as django_settings
 from django.db import connections
 from django.utils import timezone
 
@@ -32,6 +33,7 @@ __all__ = [
     "CLAIM_POSTGRESQL",
     "COMPLETE_POSTGRESQL",
     "Claimed",
+    "HEAD_OF_KEY",
     "NewEvent",
     "PARKED",
     "claim",
@@ -41,6 +43,8 @@ __all__ = [
     "extend_lease",
     "insert_event",
     "insert_events",
+    "key_lock",
+    "parked",
     "record_failure",
     "release",
     "run_alone",
@@ -63,6 +67,13 @@ _VALUES = "%s, %s, %s, 'pending', 0, %s, {available}, '', %s, '', '', %s, %s"
 #: never due until unpark() (after that event is replayed, discarded or pruned). It keeps
 #: such events out of the claim's index range, however many pile up behind a broken key.
 PARKED = datetime.datetime(9999, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def parked() -> datetime.datetime:
+    """:data:`PARKED` as this project's datetimes are: naive when ``USE_TZ`` is False."""
+    return PARKED if django_settings.USE_TZ else PARKED.replace(tzinfo=None)
+
+
 _PG_PARKED = "'9999-01-01 00:00:00+00'::timestamptz"
 
 # A keyed event's available_at as written: parked at once if its key is blocked already.
@@ -241,7 +252,7 @@ def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payloa
     receivers = [NewEvent(*row) for row in receivers]
     connection = connections[alias]
     if connection.vendor != "postgresql":
-        when, parked = _adapt(connection, timezone.now()), _adapt(connection, PARKED)
+        when, park_at = _adapt(connection, timezone.now()), _adapt(connection, parked())
         rows, params = [], []
         for receiver, max_attempts, queue, key in receivers:
             if key is None:
@@ -250,7 +261,7 @@ def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payloa
             else:
                 park = _PARK_IF_BLOCKED.format(receiver="%s", key="%s", parked="%s", now="%s")
                 rows.append(f"({_VALUES.format(available=park)})")
-                params += [signal, receiver, payload, max_attempts, receiver, key, parked, when]
+                params += [signal, receiver, payload, max_attempts, receiver, key, park_at, when]
                 params += [when, queue, key]
         with connection.cursor() as cursor:
             cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join(rows)}", params)
@@ -313,9 +324,8 @@ def _postgresql_insert(
             )
             available, key_value = park, quoted_key
             locks.add(key_lock(receiver, key))
-        rows.append(
-            f"{head}{last_error}, {payload_value}{available}, {_PG_NOW}, {_queue_literal(pg, queue)}, {key_value})"
-        )
+        queue_value = _queue_literal(pg, queue)
+        rows.append(f"{head}{last_error}, {payload_value}{available}, {_PG_NOW}, {queue_value}, {key_value})")
     if not locks:
         return f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {', '.join(rows)}"
     # Sorted, so two statements locking the same keys cannot deadlock each other.
@@ -581,7 +591,7 @@ def record_failure(
         )
         changed = cursor.rowcount
         if changed and retry_in is None:
-            cursor.execute(_PARK_BEHIND, [_adapt(connection, PARKED), event_id, event_id, event_id])
+            cursor.execute(_PARK_BEHIND, [_adapt(connection, parked()), event_id, event_id, event_id])
     return changed
 
 
@@ -613,7 +623,7 @@ def unpark(alias: str) -> int:
     connection = connections[alias]
     now, params = _now(connection)
     with connection.cursor() as cursor:
-        cursor.execute(_UNPARK.format(now=now), [*params, _adapt(connection, PARKED)])
+        cursor.execute(_UNPARK.format(now=now), [*params, _adapt(connection, parked())])
         return cursor.rowcount
 
 

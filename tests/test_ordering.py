@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 
 import pytest
@@ -253,3 +254,23 @@ def _send_on_own_connection(account, step):
         send(account, step)
     finally:
         connections.close_all()
+
+
+@override_settings(OUTBOX={"BACKOFF_BASE_SECONDS": 30})
+def test_status_shows_a_blocked_key_and_the_events_behind_it(drain):
+    send("alice", 1, fail="until_fixed")
+    send("alice", 2)
+    send("alice", 3)
+    send("bob", 1)
+    for _ in range(3):
+        drain()
+        make_due()
+    out = io.StringIO()
+    call_command("outbox_status", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert (report["blocked_keys"], report["blocked_events"], report["due"]) == (1, 2, 0)
+    text = io.StringIO()
+    call_command("outbox_status", stdout=text)
+    assert (
+        "blocked: 1 ordering key(s) held by a failed event, 2 event(s) waiting behind them" in text.getvalue()
+    )

@@ -121,3 +121,25 @@ def test_bad_queue_names_are_refused_everywhere(name):
 def test_good_queue_names_are_accepted():
     for name in ("emails", "web-hooks", "low.priority", "Q_2", "x" * 64):
         assert Worker(queues=[name]).queues == [name]
+
+
+def test_status_reports_each_queue_by_status():
+    send(3)
+    work.send(sender=None, key="plain")
+    Event.objects.filter(queue="slow", id=Event.objects.filter(queue="slow").first().id).update(
+        status="failed"
+    )
+    out = io.StringIO()
+    call_command("outbox_status", "--json", stdout=out)
+    import json
+
+    assert json.loads(out.getvalue())["by_queue"] == {
+        "default": {"pending": 1},
+        "fast": {"pending": 3},
+        "slow": {"pending": 2, "failed": 1},
+    }
+    text = io.StringIO()
+    call_command("outbox_status", stdout=text)
+    assert [line.split() for line in text.getvalue().splitlines() if line.startswith("  slow ")] == [
+        ["slow", "2", "0", "1", "0"]
+    ]
