@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--due", type=int, default=10_000)
     parser.add_argument("--blocked", type=int, default=10_000)
-    parser.add_argument("--database", choices=["sqlite", "postgresql"], help="(one child process per database)")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], help="one of them (default: both)")
     args = parser.parse_args()
     if args.database is None:
         for database in ("sqlite", "postgresql"):

@@ -133,10 +133,22 @@ _RETURNING = "RETURNING id, signal, receiver, payload, attempts, max_attempts, N
 # event of a key. What the snapshot cannot see is an event not committed yet: that is why
 # senders of keyed events take a per-key advisory lock (_ORDERED_INSERT), so that ids of
 # one key are handed out in commit order. On SQLite one writer at a time does the same.
+#
+# The probe reads the entry just before the candidate's own in outbox_event_key (a row
+# comparison on its three columns, descending, LIMIT 1) and asks whether it is of the same
+# receiver and key. Not a plain NOT EXISTS (... AND earlier.id < candidate.id): with that,
+# when one key holds most keyed rows (a broken key's backlog), PostgreSQL estimates that a
+# sequential scan, or a walk of the primary key, finds a match at once, and pays a scan
+# of the table for every candidate whose key has no such row. This order is one that only
+# outbox_event_key yields without a sort, so both databases read one entry of it.
 HEAD_OF_KEY = (
-    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier "
-    f"WHERE earlier.receiver = {TABLE}.receiver AND earlier.ordering_key = {TABLE}.ordering_key "
-    f"AND earlier.id < {TABLE}.id AND earlier.status IN ('pending', 'running', 'failed')))"
+    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM (SELECT earlier.receiver AS prior_receiver, "
+    f"earlier.ordering_key AS prior_key FROM {TABLE} AS earlier "
+    f"WHERE (earlier.receiver, earlier.ordering_key, earlier.id) "
+    f"< ({TABLE}.receiver, {TABLE}.ordering_key, {TABLE}.id) "
+    "AND earlier.ordering_key IS NOT NULL AND earlier.status IN ('pending', 'running', 'failed') "
+    "ORDER BY earlier.receiver DESC, earlier.ordering_key DESC, earlier.id DESC LIMIT 1) AS prior "
+    f"WHERE prior_receiver = {TABLE}.receiver AND prior_key = {TABLE}.ordering_key))"
 )
 _ORDER = "ORDER BY available_at, id LIMIT %(limit)s"
 #: Every queue; parameters: token, lease (seconds), worker, limit. Served by outbox_event_due.

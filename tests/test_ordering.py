@@ -8,8 +8,9 @@ import threading
 
 import pytest
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import outbox
@@ -274,3 +275,37 @@ def test_status_shows_a_blocked_key_and_the_events_behind_it(drain):
     assert (
         "blocked: 1 ordering key(s) held by a failed event, 2 event(s) waiting behind them" in text.getvalue()
     )
+
+
+def test_the_claims_read_the_key_index_even_when_one_key_holds_most_rows():
+    # A broken key's backlog skews the statistics: the head-of-key test must stay an index
+    # probe (an EXISTS would let PostgreSQL pick a sequential scan per candidate).
+    when = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 5000) "
+            "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
+            "available_at, worker, created_at, last_error, last_traceback, queue, ordering_key) "
+            "SELECT 's', %s, '{}', 'pending', 0, 3, %s, '', %s, '', '', 'default', 'hot' FROM seq",
+            [RECEIVER, when, when],
+        )
+        cursor.execute("ANALYZE outbox_event" if connection.vendor == "postgresql" else "ANALYZE")
+    with CaptureQueriesContext(connection) as captured:
+        claimed()
+        claimed(queues=["default", "other"])
+    claims = [q["sql"] for q in captured.captured_queries if "SET status = 'running'" in q["sql"]]
+    assert len(claims) == 2
+    with connection.cursor() as cursor:
+        for sql in claims:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"EXPLAIN {sql}")
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                # (The UPDATE may hash-join its 100 rows with a small table: not the claim's read.)
+                assert "using outbox_event_key on outbox_event earlier" in plan, plan
+                assert "Seq Scan on outbox_event earlier" not in plan, plan
+                assert "Seq Scan on outbox_event outbox_event_1" not in plan, plan
+            else:
+                cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+                plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
+                assert "USING INDEX outbox_event_key" in plan, plan
+                assert not any(line.startswith("SCAN outbox_event") for line in plan.splitlines()), plan
