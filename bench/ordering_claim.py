@@ -82,7 +82,7 @@ def fill(count: int, status: str, when, queue: str, key: str) -> None:
 
     with connection.cursor() as cursor:
         when = connection.ops.adapt_datetimefield_value(when)
-        cursor.execute(FILL.replace('{key}', key), [count, status, when, when, queue])
+        cursor.execute(FILL.replace("{key}", key), [count, status, when, when, queue])
 
 
 def run(args: argparse.Namespace) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "COMPLETE_POSTGRESQL",
     "Claimed",
     "HEAD_OF_KEY",
+    "HEAD_OF_KEY_POSTGRESQL",
     "NewEvent",
     "PARKED",
     "claim",
@@ -134,14 +135,16 @@ _RETURNING = "RETURNING id, signal, receiver, payload, attempts, max_attempts, N
 # senders of keyed events take a per-key advisory lock (_ORDERED_INSERT), so that ids of
 # one key are handed out in commit order. On SQLite one writer at a time does the same.
 #
-# The probe reads the entry just before the candidate's own in outbox_event_key (a row
-# comparison on its three columns, descending, LIMIT 1) and asks whether it is of the same
-# receiver and key. Not a plain NOT EXISTS (... AND earlier.id < candidate.id): with that,
-# when one key holds most keyed rows (a broken key's backlog), PostgreSQL estimates that a
-# sequential scan, or a walk of the primary key, finds a match at once, and pays a scan
-# of the table for every candidate whose key has no such row. This order is one that only
-# outbox_event_key yields without a sort, so both databases read one entry of it.
-HEAD_OF_KEY = (
+# The probe must read one entry of outbox_event_key whatever the statistics say. A plain
+# NOT EXISTS (... AND earlier.id < candidate.id) lets the planners guess otherwise when one
+# key holds most keyed rows (a broken key's backlog): PostgreSQL then expects a sequential
+# scan, or SQLite a walk of the primary key, to find a match at once, and pays a scan of
+# the table for each candidate whose key has none. So on PostgreSQL the probe reads the
+# entry just before the candidate's own in the index (a row comparison on its three
+# columns, descending, LIMIT 1: an order only that index yields without a sort) and asks
+# whether it is of the same receiver and key; SQLite is told the index (INDEXED BY, an
+# error rather than a scan if it ever cannot use it).
+HEAD_OF_KEY_POSTGRESQL = (
     f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM (SELECT earlier.receiver AS prior_receiver, "
     f"earlier.ordering_key AS prior_key FROM {TABLE} AS earlier "
     f"WHERE (earlier.receiver, earlier.ordering_key, earlier.id) "
@@ -150,10 +153,15 @@ HEAD_OF_KEY = (
     "ORDER BY earlier.receiver DESC, earlier.ordering_key DESC, earlier.id DESC LIMIT 1) AS prior "
     f"WHERE prior_receiver = {TABLE}.receiver AND prior_key = {TABLE}.ordering_key))"
 )
+HEAD_OF_KEY = (
+    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier INDEXED BY outbox_event_key "
+    f"WHERE earlier.receiver = {TABLE}.receiver AND earlier.ordering_key = {TABLE}.ordering_key "
+    f"AND earlier.id < {TABLE}.id AND earlier.status IN ('pending', 'running', 'failed')))"
+)
 _ORDER = "ORDER BY available_at, id LIMIT %(limit)s"
 #: Every queue; parameters: token, lease (seconds), worker, limit. Served by outbox_event_due.
 CLAIM_POSTGRESQL = (
-    f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {_DUE} AND {HEAD_OF_KEY} "
+    f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {_DUE} AND {HEAD_OF_KEY_POSTGRESQL} "
     f"{_ORDER} FOR UPDATE SKIP LOCKED) "
     f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
 ).format_map(_PG_TIMES)
@@ -163,7 +171,8 @@ CLAIM_POSTGRESQL = (
 CLAIM_POSTGRESQL_QUEUES = (
     "WITH due AS MATERIALIZED (SELECT due_id FROM unnest(%(queues)s::text[]) AS chosen(name) "
     f"CROSS JOIN LATERAL (SELECT id AS due_id, available_at AS due_at FROM {TABLE} "
-    f"WHERE queue = chosen.name AND {_DUE} AND {HEAD_OF_KEY} {_ORDER} FOR UPDATE SKIP LOCKED) AS one "
+    f"WHERE queue = chosen.name AND {_DUE} AND {HEAD_OF_KEY_POSTGRESQL} {_ORDER} "
+    "FOR UPDATE SKIP LOCKED) AS one "
     "ORDER BY due_at, due_id LIMIT %(limit)s) "
     f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
 ).format_map(_PG_TIMES)
@@ -478,7 +487,8 @@ def claim(
 
     Due means pending with ``available_at`` passed, or running with an expired lease (its
     worker died: such an orphan comes back with ``alone`` set, its attempt not counted; see
-    ``_SET_RUNNING``), and, for a keyed event, at the head of its key (:data:`HEAD_OF_KEY`).
+    ``_SET_RUNNING``), and, for a keyed event, at the head of its key
+    (:data:`HEAD_OF_KEY_POSTGRESQL`, :data:`HEAD_OF_KEY`).
     ``queues`` limits it to those queues (None: every queue). Served by the partial index
     ``outbox_event_due``, or ``outbox_event_queue_due`` for named queues. On PostgreSQL,
     ``SKIP LOCKED`` lets any number of workers claim at once without waiting on or sharing
