@@ -121,6 +121,10 @@ bench-admin-replay: venv postgres-up
 	cd bench && ../$(PY) admin_replay.py
 bench-admin-changelist: venv postgres-up
 	cd bench && ../$(PY) admin_changelist.py
+# The claim with ordering keys: 10k due events beside 10k blocked behind a failed one, SQLite and PG.
+.PHONY: bench-ordering
+bench-ordering: venv postgres-up
+	$(PY) bench/ordering_claim.py $(BENCH_ORDERING_ARGS)
 # --- benchmarks against the peers (bench/, BENCHMARKS.md) -------------------------------
 # A separate virtualenv: django-tasks-db needs Django 6, hence Python >= 3.12 (found on PATH
 # or under pyenv). BENCH_PG names the server and the prefix of the databases it recreates.

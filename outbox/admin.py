@@ -34,7 +34,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import admin_filters as filters
-from . import admin_log, operations, stats
+from . import admin_log, operations, queries, stats
 from .models import Event
 from .readable import payload_of, readable, time_of
 from .serialization import TAG
@@ -97,6 +97,18 @@ def _event_id(text: str) -> int | None:
     return int(text) if _ID.fullmatch(text) and int(text) <= _MAX_ID else None
 
 
+_KEY_STATES = {"blocks": _("blocks its key"), "blocked": _("waits on its key")}
+
+
+def _key_state(event: Event) -> str:
+    """ "blocks" for a failed keyed event, "blocked" for one parked behind it, else ""."""
+    if event.status == S.FAILED:
+        return "blocks"
+    if event.status == S.PENDING and time_of(event, "available_at") == queries.parked():
+        return "blocked"
+    return ""
+
+
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     """Read-only changelist and detail page, with replay and discard actions and buttons."""
@@ -105,14 +117,16 @@ class EventAdmin(admin.ModelAdmin):
         "id",
         "signal_name",
         "receiver_name",
+        "queue",
         "status_badge",
+        "key_state",
         "attempts_display",
         "created",
         "next_attempt",
         "finished",
         "error_line",
     )
-    list_filter = ("status", filters.SignalFilter, filters.ReceiverFilter, "created_at")
+    list_filter = ("status", filters.QueueFilter, filters.SignalFilter, filters.ReceiverFilter, "created_at")
     search_fields = ("id",)  # shows the search box; get_search_results() does the searching
     search_help_text = _("#id for one event; or words in its id, receiver, signal, error or payload.")
     # Newest first on the primary key: an index scan with LIMIT, whatever the table's size.
@@ -127,6 +141,7 @@ class EventAdmin(admin.ModelAdmin):
     actions = ("replay", "discard")
     fieldsets = (
         (None, {"fields": ("id", "status_badge", "signal", "receiver", "references")}),
+        (_("Routing"), {"fields": ("queue", "ordering_key", "key_detail")}),
         (
             _("Attempts"),
             {
@@ -183,6 +198,43 @@ class EventAdmin(admin.ModelAdmin):
             '<span class="outbox-status outbox-{}">{}</span>', obj.status, obj.get_status_display()
         )
 
+    @admin.display(description=_("key"))
+    def key_state(self, obj: Event) -> str:
+        """The ordering key, and whether this event holds it up or waits on it (no query)."""
+        if obj.ordering_key is None:
+            return ""
+        state = _key_state(obj)
+        if not state:
+            return obj.ordering_key
+        return format_html(
+            '{} <span class="outbox-key-{}">{}</span>', obj.ordering_key, state, _KEY_STATES[state]
+        )
+
+    @admin.display(description=_("ordering"))
+    def key_detail(self, obj: Event) -> str:
+        """What the key does to this event and the ones after it: one query through
+        outbox_event_key."""
+        if obj.ordering_key is None:
+            return _("unordered")
+        same_key = Event.objects.using(obj._state.db).filter(
+            receiver=obj.receiver,
+            ordering_key=obj.ordering_key,
+            status__in=[S.PENDING, S.RUNNING, S.FAILED],
+        )
+        if obj.status == S.FAILED:
+            waiting = same_key.filter(id__gt=obj.id, status=S.PENDING).count()
+            return _(
+                "Blocks its key: the %(n)d later event(s) of this receiver and key wait until this one "
+                "is replayed or discarded."
+            ) % {"n": waiting}
+        earlier = same_key.filter(id__lt=obj.id).order_by("id").values_list("id", "status").first()
+        if obj.status == S.PENDING and earlier is not None:
+            return _("Waits for event #%(id)d (%(status)s), the earlier event of its key.") % {
+                "id": earlier[0],
+                "status": earlier[1],
+            }
+        return _("Runs in id order with the other events of this receiver and key.")
+
     @admin.display(description=_("signal"))
     def signal_name(self, obj: Event) -> str:
         return _short(obj.signal)
@@ -201,7 +253,9 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("next attempt"))
     def next_attempt(self, obj: Event) -> str:
-        return _when(time_of(obj, "available_at")) if obj.status == S.PENDING else "-"
+        if obj.status != S.PENDING or _key_state(obj) == "blocked":
+            return "-"  # a parked event's available_at is a marker, not a time
+        return _when(time_of(obj, "available_at"))
 
     @admin.display(description=_("finished"))
     def finished(self, obj: Event) -> str:

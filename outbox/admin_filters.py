@@ -1,7 +1,7 @@
-"""The outbox admin's signal and receiver filters: their choices read no table.
+"""The outbox admin's queue, signal and receiver filters: their choices read no table.
 
-Django's field filters would ``SELECT DISTINCT`` the signal and receiver columns on every
-page view; these take their choices from the registry of the running process instead.
+Django's field filters would ``SELECT DISTINCT`` the queue, signal and receiver columns on
+every page view; these take their choices from the registry of the running process instead.
 The status filter is Django's own: its choices come from the field.
 """
 
@@ -16,8 +16,9 @@ from django.utils.translation import gettext_lazy as _
 
 from .models import Event
 from .registry import registry
+from .routing import DEFAULT_QUEUE
 
-__all__ = ["ReceiverFilter", "SignalFilter"]
+__all__ = ["QueueFilter", "ReceiverFilter", "SignalFilter"]
 
 
 class _RegistryFilter(admin.SimpleListFilter):
@@ -50,3 +51,11 @@ class ReceiverFilter(_RegistryFilter):
 
     def names(self) -> list[str]:
         return list(registry.receivers)
+
+
+class QueueFilter(_RegistryFilter):
+    title = _("queue")
+    parameter_name = "queue"
+
+    def names(self) -> list[str]:
+        return [DEFAULT_QUEUE, *(spec.queue for spec in registry.receivers.values())]

@@ -204,9 +204,12 @@ class Claim:
         return self.started
 
 
-def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> Claim:
-    """Claim up to ``batch_size`` due events on ``alias`` (see :func:`outbox.queries.claim`)."""
-    token, rows = queries.claim(alias, batch_size, lease_seconds, worker)
+def claim(
+    alias: str, batch_size: int, lease_seconds: float, worker: str, *, queues: Sequence[str] | None = None
+) -> Claim:
+    """Claim up to ``batch_size`` due events on ``alias``, of ``queues`` (None: every queue;
+    see :func:`outbox.queries.claim`)."""
+    token, rows = queries.claim(alias, batch_size, lease_seconds, worker, queues=queues)
     return Claim(alias, token, rows)
 
 

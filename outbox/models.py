@@ -42,6 +42,13 @@ class Event(models.Model):
     # (run alone, it was in hand if its worker died), or not counted yet (reclaimed,
     # waiting its turn). NULL until first claimed, which the INSERTs leave it.
     batch_attempt = models.BooleanField(null=True, editable=False)
+    # The queue a worker drains (run_outbox --queue). The column also has a database
+    # default (migration 0005), so rows written by code older than it get "default".
+    queue = models.CharField(max_length=64, default="default", help_text=_("Queue that runs it."))
+    # Events of one receiver and key run one at a time in id order (outbox.routing).
+    ordering_key = models.CharField(  # noqa: DJ001 - NULL: unordered, and out of the key index
+        max_length=255, null=True, blank=True, help_text=_("Runs after the earlier events of its key.")
+    )
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -61,6 +68,22 @@ class Event(models.Model):
                 fields=["available_at", "id"],
                 name="outbox_event_due",
                 condition=models.Q(status__in=["pending", "running"]),
+            ),
+            # Serves the claim of named queues (run_outbox --queue): one ordered range per
+            # queue. The claim of every queue keeps outbox_event_due.
+            models.Index(
+                fields=["queue", "available_at", "id"],
+                name="outbox_event_queue_due",
+                condition=models.Q(status__in=["pending", "running"]),
+            ),
+            # Serves the head-of-key test of the claim (queries.HEAD_OF_KEY) and parking:
+            # the unfinished rows of one receiver and key, in id order. Unkeyed rows and
+            # done or discarded ones are left out, so it stays the size of the backlog of
+            # ordered events.
+            models.Index(
+                fields=["receiver", "ordering_key", "id"],
+                name="outbox_event_key",
+                condition=models.Q(ordering_key__isnull=False, status__in=["pending", "running", "failed"]),
             ),
             # Serves what operators ask of finished events: the failed count and the done
             # rate of ``outbox_status``, replaying failed events, and pruning old done

@@ -57,23 +57,27 @@ def select_events(
     *,
     receivers: Iterable[str] = (),
     signals: Iterable[str] = (),
+    queues: Iterable[str] = (),
     statuses: Iterable[str] = (),
     ids: Iterable[tuple[int, int]] = (),
     since: datetime.datetime | None = None,
 ) -> QuerySet[Event]:
     """Events matching every given filter; within one filter, any of its values.
 
-    ``receivers`` and ``signals`` are dotted paths, ``ids`` inclusive ``(first, last)``
-    ranges, ``since`` a lower bound on ``created_at``. Filtering on a status lets the
-    partial indexes serve the query (``failed``, ``done`` and ``discarded`` through
+    ``receivers`` and ``signals`` are dotted paths, ``queues`` queue names, ``ids``
+    inclusive ``(first, last)`` ranges, ``since`` a lower bound on ``created_at``. Filtering
+    on a status lets the partial indexes serve the query (``failed``, ``done`` and ``discarded`` through
     ``outbox_event_finished``, ``pending`` and ``running`` through ``outbox_event_due``).
     """
     queryset = Event.objects.all() if queryset is None else queryset
     receivers, signals, statuses, ids = list(receivers), list(signals), list(statuses), list(ids)
+    queues = list(queues)
     if receivers:
         queryset = queryset.filter(receiver__in=receivers)
     if signals:
         queryset = queryset.filter(signal__in=signals)
+    if queues:
+        queryset = queryset.filter(queue__in=queues)
     if len(statuses) == 1:
         # ``=`` rather than a one-value IN: SQLite matches partial indexes term by term.
         queryset = queryset.filter(status=statuses[0])
@@ -117,6 +121,7 @@ def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bo
             finished_at=None,
         )
     )
+    queries.unpark(queryset.db)  # what a replayed failed event blocked may run after it
     return ActionResult(changed, refused, selected)
 
 
@@ -133,4 +138,5 @@ def discard(queryset: QuerySet[Event], *, dry_run: bool = False) -> ActionResult
         .order_by()
         .update(status=S.DISCARDED, lease_token=None, finished_at=queries.database_now(queryset.db))
     )
+    queries.unpark(queryset.db)  # a discarded failed event no longer blocks its key
     return ActionResult(changed, refused, selected)

@@ -109,4 +109,6 @@ def prune(
             # redundant ``finished_at >= last`` gives the index a lower bound to seek to.
             last_id, last_at = rows[-1]
             page = old.filter(finished_at__gte=last_at).filter(Q(finished_at__gt=last_at) | Q(id__gt=last_id))
+        if status == "failed" and result.deleted[status]:
+            queries.unpark(database)  # the keys those events blocked are free again
     return result

@@ -21,8 +21,9 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from django.conf import settings as django_settings
 from django.db import connections
 from django.utils import timezone
 
@@ -32,6 +33,10 @@ __all__ = [
     "CLAIM_POSTGRESQL",
     "COMPLETE_POSTGRESQL",
     "Claimed",
+    "HEAD_OF_KEY",
+    "HEAD_OF_KEY_POSTGRESQL",
+    "NewEvent",
+    "PARKED",
     "claim",
     "complete",
     "database_now",
@@ -39,22 +44,56 @@ __all__ = [
     "extend_lease",
     "insert_event",
     "insert_events",
+    "key_lock",
     "mark_overdue",
+    "parked",
     "record_failure",
     "release",
     "run_alone",
     "take",
+    "unpark",
 ]
 
 TABLE = "outbox_event"
 _COLUMNS = (
     "signal, receiver, payload, status, attempts, max_attempts, available_at, worker, "
-    "created_at, last_error, last_traceback"
+    "created_at, last_error, last_traceback, queue, ordering_key"
 )
 
 # The values of a new event, in _COLUMNS order: signal, receiver, payload, max_attempts,
-# available_at, created_at (PostgreSQL: see _postgresql_insert(), which uses its clock).
-_VALUES = "%s, %s, %s, 'pending', 0, %s, %s, '', %s, '', ''"
+# available_at, created_at, queue, ordering_key (PostgreSQL: see _postgresql_insert(),
+# which uses its clock).
+_VALUES = "%s, %s, %s, 'pending', 0, %s, {available}, '', %s, '', '', %s, %s"
+
+#: The ``available_at`` of a parked event: pending behind a ``failed`` event of its key, so
+#: never due until unpark() (after that event is replayed, discarded or pruned). It keeps
+#: such events out of the claim's index range, however many pile up behind a broken key.
+PARKED = datetime.datetime(9999, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def parked() -> datetime.datetime:
+    """:data:`PARKED` as this project's datetimes are: naive when ``USE_TZ`` is False."""
+    return PARKED if django_settings.USE_TZ else PARKED.replace(tzinfo=None)
+
+
+_PG_PARKED = "'9999-01-01 00:00:00+00'::timestamptz"
+
+# A keyed event's available_at as written: parked at once if its key is blocked already.
+# Served by outbox_event_key (status = 'failed' implies its condition).
+_PARK_IF_BLOCKED = (
+    f"CASE WHEN EXISTS (SELECT 1 FROM {TABLE} WHERE receiver = {{receiver}} AND ordering_key = {{key}} "
+    f"AND status = 'failed') THEN {{parked}} ELSE {{now}} END"
+)
+
+
+class NewEvent(NamedTuple):
+    """One row :func:`insert_events` writes: a receiver and how it is routed."""
+
+    receiver: str
+    max_attempts: int
+    queue: str = "default"
+    ordering_key: str | None = None
+
 
 # "Now" and "lease_seconds from now" in SQL: the database's clock on PostgreSQL (see the
 # module docstring), a parameter holding the process's clock elsewhere.
@@ -77,16 +116,91 @@ _SET_RUNNING = (
     "batch_attempt = (status = 'pending'), available_at = {until}, lease_token = %(token)s, "
     "worker = %(worker)s"
 )
-_DUE = "status IN ('pending', 'running') AND available_at <= {now} ORDER BY available_at, id LIMIT %(limit)s"
+_DUE = "status IN ('pending', 'running') AND available_at <= {now}"
 _RETURNING = "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt"
-#: Parameters: token, lease (seconds), worker, limit.
+
+# Per-key ordering: a keyed event is claimable only at the head of its key, when no
+# earlier event (lower id) of its receiver and key is unfinished: pending (a retry waiting
+# its backoff, or not yet claimed), running, or failed (blocked until replayed or
+# discarded). One index probe per keyed candidate, served by outbox_event_key.
+#
+# Why two workers claiming at the same instant never both take events of one key (on
+# PostgreSQL, READ COMMITTED): say e1 < e2 share a key, both due. Each claim runs the test
+# against its statement's snapshot, in which e1 is pending (a claim in flight has not
+# committed its "running"), so e2 fails it in every concurrent claim; e1 is taken by at most
+# one of them (FOR UPDATE SKIP LOCKED: the other skips it). Later claims see e1 running,
+# then failed or pending again (a retry), all blocking, until a snapshot sees it done or
+# discarded, after its receiver returned. A stale snapshot only errs towards "still
+# blocked". And since a batch's snapshot sees e1 unfinished, one batch takes at most one
+# event of a key. What the snapshot cannot see is an event not committed yet: that is why
+# senders of keyed events take a per-key advisory lock (_ORDERED_INSERT), so that ids of
+# one key are handed out in commit order. On SQLite one writer at a time does the same.
+#
+# The probe must read one entry of outbox_event_key whatever the statistics say. A plain
+# NOT EXISTS (... AND earlier.id < candidate.id) lets the planners guess otherwise when one
+# key holds most keyed rows (a broken key's backlog): PostgreSQL then expects a sequential
+# scan, or SQLite a walk of the primary key, to find a match at once, and pays a scan of
+# the table for each candidate whose key has none. So on PostgreSQL the probe reads the
+# entry just before the candidate's own in the index (a row comparison on its three
+# columns, descending, LIMIT 1: an order only that index yields without a sort) and asks
+# whether it is of the same receiver and key; SQLite is told the index (INDEXED BY, an
+# error rather than a scan if it ever cannot use it).
+HEAD_OF_KEY_POSTGRESQL = (
+    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM (SELECT earlier.receiver AS prior_receiver, "
+    f"earlier.ordering_key AS prior_key FROM {TABLE} AS earlier "
+    f"WHERE (earlier.receiver, earlier.ordering_key, earlier.id) "
+    f"< ({TABLE}.receiver, {TABLE}.ordering_key, {TABLE}.id) "
+    "AND earlier.ordering_key IS NOT NULL AND earlier.status IN ('pending', 'running', 'failed') "
+    "ORDER BY earlier.receiver DESC, earlier.ordering_key DESC, earlier.id DESC LIMIT 1) AS prior "
+    f"WHERE prior_receiver = {TABLE}.receiver AND prior_key = {TABLE}.ordering_key))"
+)
+HEAD_OF_KEY = (
+    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier INDEXED BY outbox_event_key "
+    f"WHERE earlier.receiver = {TABLE}.receiver AND earlier.ordering_key = {TABLE}.ordering_key "
+    f"AND earlier.id < {TABLE}.id AND earlier.status IN ('pending', 'running', 'failed')))"
+)
+_ORDER = "ORDER BY available_at, id LIMIT %(limit)s"
+#: Every queue; parameters: token, lease (seconds), worker, limit. Served by outbox_event_due.
 CLAIM_POSTGRESQL = (
-    f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {_DUE} FOR UPDATE SKIP LOCKED) "
+    f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {_DUE} AND {HEAD_OF_KEY_POSTGRESQL} "
+    f"{_ORDER} FOR UPDATE SKIP LOCKED) "
+    f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
+).format_map(_PG_TIMES)
+#: Named queues (parameter ``queues``, a list, too). Served by outbox_event_queue_due, one
+#: ordered range per queue: each queue gives its first ``limit`` due rows (locked), the
+#: earliest ``limit`` of those are claimed, the rest unlocked when the statement ends.
+CLAIM_POSTGRESQL_QUEUES = (
+    "WITH due AS MATERIALIZED (SELECT due_id FROM unnest(%(queues)s::text[]) AS chosen(name) "
+    f"CROSS JOIN LATERAL (SELECT id AS due_id, available_at AS due_at FROM {TABLE} "
+    f"WHERE queue = chosen.name AND {_DUE} AND {HEAD_OF_KEY_POSTGRESQL} {_ORDER} "
+    "FOR UPDATE SKIP LOCKED) AS one "
+    "ORDER BY due_at, due_id LIMIT %(limit)s) "
     f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
 ).format_map(_PG_TIMES)
 CLAIM_OTHER = (
-    f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN (SELECT id FROM {TABLE} WHERE {_DUE}) {_RETURNING}"
+    f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN "
+    f"(SELECT id FROM {TABLE} WHERE {_DUE} AND {HEAD_OF_KEY} {_ORDER}) {_RETURNING}"
 ).format_map(_OTHER_TIMES)
+# One queue's candidates on SQLite, for _claim_other_queues(): UNION ALL of these.
+_ONE_QUEUE_OTHER = (
+    f"SELECT * FROM (SELECT id, available_at FROM {TABLE} WHERE queue = %(queue_N)s "
+    f"AND {_DUE.format(now='%(now)s')} AND {HEAD_OF_KEY} {_ORDER})"
+)
+
+
+def _claim_other_queues(count: int) -> str:
+    """The claim of ``count`` named queues off PostgreSQL (parameters queue_0, queue_1, ...):
+    each queue's earliest due rows from outbox_event_queue_due, the earliest of all taken."""
+    statement = _claim_others.get(count)
+    if statement is None:
+        each = " UNION ALL ".join(_ONE_QUEUE_OTHER.replace("queue_N", f"queue_{n}") for n in range(count))
+        statement = _claim_others[count] = (
+            f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN (SELECT id FROM ({each}) {_ORDER}) {_RETURNING}"
+        ).format_map(_OTHER_TIMES)
+    return statement
+
+
+_claim_others: dict[int, str] = {}
 _COMPLETE = "status = 'done', finished_at = {now}, lease_token = NULL"
 #: Completion on PostgreSQL, as _fenced_update() writes it; parameters: ids, token.
 COMPLETE_POSTGRESQL = (
@@ -147,24 +261,32 @@ def database_now(alias: str) -> datetime.datetime:
         return cursor.fetchone()[0]
 
 
-def insert_events(alias: str, signal: str, receivers: Sequence[tuple[str, int]], payload: str) -> None:
-    """Write one pending event per (receiver, max_attempts), all with this payload, in one
-    INSERT on ``alias``, in whatever transaction is open there.
+def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payload: str) -> None:
+    """Write one pending event per :class:`NewEvent` (a receiver, its max_attempts, queue and
+    ordering key), all with this payload, in one INSERT on ``alias``, in whatever
+    transaction is open there.
 
     On PostgreSQL the first INSERT of a transaction also decides, in the same statement,
     whether to ``pg_notify``: at most one NOTIFY per transaction, none when no worker
-    waits for one, and no extra round trip.
+    waits for one, and no extra round trip. A keyed event whose key is blocked by a
+    ``failed`` event is written parked (see :data:`PARKED`).
     """
+    receivers = [NewEvent(*row) for row in receivers]
     connection = connections[alias]
     if connection.vendor != "postgresql":
-        row, when = f"({_VALUES})", _adapt(connection, timezone.now())
-        params: list[Any] = []
-        for receiver, max_attempts in receivers:
-            params += [signal, receiver, payload, max_attempts, when, when]
+        when, park_at = _adapt(connection, timezone.now()), _adapt(connection, parked())
+        rows, params = [], []
+        for receiver, max_attempts, queue, key in receivers:
+            if key is None:
+                rows.append(f"({_VALUES.format(available='%s')})")
+                params += [signal, receiver, payload, max_attempts, when, when, queue, key]
+            else:
+                park = _PARK_IF_BLOCKED.format(receiver="%s", key="%s", parked="%s", now="%s")
+                rows.append(f"({_VALUES.format(available=park)})")
+                params += [signal, receiver, payload, max_attempts, receiver, key, park_at, when]
+                params += [when, queue, key]
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join([row] * len(receivers))}", params
-            )
+            cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join(rows)}", params)
         return
     notify = not (
         connection.in_atomic_block
@@ -176,15 +298,24 @@ def insert_events(alias: str, signal: str, receivers: Sequence[tuple[str, int]],
         connection.on_commit(_notified_marker)
 
 
-def insert_event(alias: str, signal: str, receiver: str, payload: str, max_attempts: int) -> None:
+def insert_event(
+    alias: str,
+    signal: str,
+    receiver: str,
+    payload: str,
+    max_attempts: int,
+    *,
+    queue: str = "default",
+    ordering_key: str | None = None,
+) -> None:
     """Write one pending event: :func:`insert_events` for one receiver."""
-    insert_events(alias, signal, [(receiver, max_attempts)], payload)
+    insert_events(alias, signal, [NewEvent(receiver, max_attempts, queue, ordering_key)], payload)
 
 
 def _postgresql_insert(
     pg: Any,
     signal: str,
-    receivers: Sequence[tuple[str, int]],
+    receivers: Sequence[NewEvent],
     payload: str,
     notify: bool,
 ) -> str:
@@ -194,27 +325,78 @@ def _postgresql_insert(
     here skips that machinery's per-call cost on the sender's hot path (measured with
     ``bench/``). The constant part of each row is built once per receiver and quoted by
     psycopg; the payload is quoted once per call. The times are the database's clock, so
-    that a web server whose clock is ahead does not delay its events.
+    that a web server whose clock is ahead does not delay its events. Keyed events take
+    their key's advisory lock first (_ORDERED_INSERT).
     """
-    if pg.info.parameter_status("standard_conforming_strings") == "on":
-        # The SQL-standard literal, quotes doubled; backslashes are plain characters and
-        # the encoder never writes a NUL (JSON escapes control characters).
-        quoted = "'" + payload.replace("'", "''") + "'"
-    else:
-        quoted = _literal(pg, payload)
-    tail = f"{quoted}::jsonb, {_PG_NOW}, {_PG_NOW})"
+    quoted = _quote(pg, payload)
+    payload_value = f"{quoted}::jsonb, "  # no str.format() past this point: JSON has braces
     rows: list[str] = []
-    for receiver, max_attempts in receivers:
+    locks: set[tuple[int, int]] = set()
+    for receiver, max_attempts, queue, key in receivers:
         # last_error is ''. In the first row of a transaction's first INSERT, the expression
         # that decides whether to NOTIFY (and does) computes it: cheaper than a CTE.
         last_error = _wake(pg) if notify and not rows else "''"
-        rows.append(f"{_row_head(pg, signal, receiver, int(max_attempts))}{last_error}, {tail}")
-    return f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {', '.join(rows)}"
+        head = _row_head(pg, signal, receiver, int(max_attempts))
+        if key is None:
+            available, key_value = _PG_NOW, "NULL"
+        else:
+            quoted_key = _quote(pg, key)
+            park = _PARK_IF_BLOCKED.format(
+                receiver=_literal(pg, receiver), key=quoted_key, parked=_PG_PARKED, now=_PG_NOW
+            )
+            available, key_value = park, quoted_key
+            locks.add(key_lock(receiver, key))
+        queue_value = _queue_literal(pg, queue)
+        rows.append(f"{head}{last_error}, {payload_value}{available}, {_PG_NOW}, {queue_value}, {key_value})")
+    if not locks:
+        return f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {', '.join(rows)}"
+    # Sorted, so two statements locking the same keys cannot deadlock each other.
+    taken = ", ".join(f"pg_advisory_xact_lock({cls}, {key})" for cls, key in sorted(locks))
+    return _ORDERED_INSERT.format(locks=taken, columns=_POSTGRESQL_COLUMNS, rows=", ".join(rows))
+
+
+# Keyed events are written after their keys' advisory locks are taken, held to the end of
+# the sender's transaction: a second sender of the same key waits for the first to commit
+# or roll back before its rows get their ids (nextval runs on the rows the join yields,
+# so after the lock). Ids of one key are thus handed out in commit order, and no claim can
+# see a later event of a key committed while an earlier one is still to come. The cost:
+# concurrent transactions that send on one key take turns (a transaction sending keys in
+# opposite orders to another can deadlock; PostgreSQL then aborts one of them).
+_ORDERED_INSERT = (
+    "WITH ordered AS MATERIALIZED (SELECT {locks}) "
+    f"INSERT INTO {TABLE} ({{columns}}) SELECT queued.* FROM ordered, (VALUES {{rows}}) AS queued"
+)
+_ORDERING = 0x6F62786F  # advisory lock class id of ordering keys: "obxo"
+
+
+def key_lock(receiver: str, key: str) -> tuple[int, int]:
+    """The advisory lock (class id, key) a sender of ``receiver``'s ``key`` takes. Two keys
+    may share one (a 32-bit hash): they then take turns, which costs time, not order."""
+    return _ORDERING, zlib.crc32(f"{receiver}\x00{key}".encode()) - 2**31
+
+
+def _quote(pg: Any, text: str) -> str:
+    """``text`` as an SQL string literal for connection ``pg``."""
+    if pg.info.parameter_status("standard_conforming_strings") == "on":
+        # The SQL-standard literal, quotes doubled; backslashes are plain characters. No
+        # NUL: JSON escapes control characters and keys with one are refused at send.
+        return "'" + text.replace("'", "''") + "'"
+    return _literal(pg, text)
+
+
+_queues: dict[str, str] = {}
+
+
+def _queue_literal(pg: Any, queue: str) -> str:
+    literal = _queues.get(queue)
+    if literal is None:
+        literal = _queues[queue] = _literal(pg, queue)  # identifier-like: the same everywhere
+    return literal
 
 
 _POSTGRESQL_COLUMNS = (
     "signal, receiver, status, attempts, max_attempts, worker, last_traceback, last_error, payload, "
-    "available_at, created_at"
+    "available_at, created_at, queue, ordering_key"
 )
 _row_heads: dict[tuple[str, str, int], str] = {}
 
@@ -294,25 +476,47 @@ def _literal(pg: Any, value: str) -> str:
     return sql.Literal(value).as_string(pg)
 
 
-def claim(alias: str, batch_size: int, lease_seconds: float, worker: str) -> tuple[str, list[Claimed]]:
+def claim(
+    alias: str,
+    batch_size: int,
+    lease_seconds: float,
+    worker: str,
+    *,
+    queues: Sequence[str] | None = None,
+) -> tuple[str, list[Claimed]]:
     """Claim up to ``batch_size`` due events in one statement; return (token, rows).
 
     Due means pending with ``available_at`` passed, or running with an expired lease (its
     worker died: such an orphan comes back with ``alone`` set, its attempt not counted; see
-    ``_SET_RUNNING``). Served by the partial index ``outbox_event_due``. On PostgreSQL, ``SKIP
-    LOCKED`` lets any number of workers claim at once without waiting on or sharing a row;
-    on SQLite the single UPDATE holds the database write lock, which serializes claimers.
+    ``_SET_RUNNING``), and, for a keyed event, at the head of its key
+    (:data:`HEAD_OF_KEY_POSTGRESQL`, :data:`HEAD_OF_KEY`).
+    ``queues`` limits it to those queues (None: every queue). Served by the partial index
+    ``outbox_event_due``, or ``outbox_event_queue_due`` for named queues. On PostgreSQL,
+    ``SKIP LOCKED`` lets any number of workers claim at once without waiting on or sharing
+    a row; on SQLite the single UPDATE holds the database write lock, which serializes
+    claimers.
     """
     connection = connections[alias]
     token = uuid.uuid4().hex
     params: dict[str, Any] = {"token": token, "limit": batch_size, "worker": worker}
+    chosen = None if queues is None else list(dict.fromkeys(queues))
+    if chosen == []:
+        return token, []
     if connection.vendor == "postgresql":
-        sql, params["lease"] = CLAIM_POSTGRESQL, float(lease_seconds)
+        params["lease"] = float(lease_seconds)
+        if chosen is None:
+            sql = CLAIM_POSTGRESQL
+        else:
+            sql, params["queues"] = CLAIM_POSTGRESQL_QUEUES, chosen
     else:
         now = timezone.now()
-        sql = CLAIM_OTHER
         params["until"] = _adapt(connection, now + datetime.timedelta(seconds=lease_seconds))
         params["now"] = _adapt(connection, now)
+        if chosen is None:
+            sql = CLAIM_OTHER
+        else:
+            sql = _claim_other_queues(len(chosen))
+            params.update({f"queue_{n}": queue for n, queue in enumerate(chosen)})
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = [Claimed(*row[:-1], bool(row[-1])) for row in cursor.fetchall()]
@@ -392,7 +596,8 @@ def record_failure(
     retry_in: float | None,
 ) -> int:
     """Record a failed attempt: pending again ``retry_in`` seconds from now (by the clock
-    of leases: see the module docstring), or ``failed`` if None."""
+    of leases: see the module docstring), or ``failed`` if None. A keyed event that fails
+    for good parks the events queued behind it on its key (see :data:`PARKED`)."""
     connection = connections[alias]
     if retry_in is None:
         status, (available, available_params) = "failed", _now(connection)
@@ -407,6 +612,41 @@ def record_failure(
             f"WHERE id = %s AND lease_token = %s",
             [status, *available_params, *finished_params, error, traceback, event_id, token],
         )
+        changed = cursor.rowcount
+        if changed and retry_in is None:
+            cursor.execute(_PARK_BEHIND, [_adapt(connection, parked()), event_id, event_id, event_id])
+    return changed
+
+
+# Parks the pending events of a failed event's key that come after it (none if it has no
+# key): a row or two through the primary key, then outbox_event_key. A separate statement:
+# if the worker dies between the two, the events are still blocked (HEAD_OF_KEY), only
+# scanned by claims until the next unpark() or failure parks them.
+_PARK_BEHIND = (
+    f"UPDATE {TABLE} SET available_at = %s WHERE status = 'pending' "
+    f"AND receiver = (SELECT receiver FROM {TABLE} WHERE id = %s) "
+    f"AND ordering_key = (SELECT ordering_key FROM {TABLE} WHERE id = %s AND status = 'failed') "
+    f"AND id > %s"
+)
+# Makes due again the parked events no failed event of their key precedes any more.
+# Through outbox_event_due (the parked rows are its last range), a probe of
+# outbox_event_key each.
+_UNPARK = (
+    f"UPDATE {TABLE} SET available_at = {{now}} WHERE status = 'pending' AND available_at >= %s "
+    f"AND NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier WHERE earlier.receiver = {TABLE}.receiver "
+    f"AND earlier.ordering_key = {TABLE}.ordering_key AND earlier.id < {TABLE}.id "
+    f"AND earlier.status = 'failed')"
+)
+
+
+def unpark(alias: str) -> int:
+    """Make parked events due again where no ``failed`` event of their key precedes them
+    any more; return how many. Run after events are replayed, discarded or pruned; also
+    safe at any time, as it only moves events whose key is unblocked."""
+    connection = connections[alias]
+    now, params = _now(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(_UNPARK.format(now=now), [*params, _adapt(connection, parked())])
         return cursor.rowcount
 
 

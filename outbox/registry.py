@@ -23,7 +23,7 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.dispatch.dispatcher import _make_id
 
-from . import coroutines, limits, queries, serialization
+from . import coroutines, limits, queries, routing, serialization
 from .async_send import asend_hint
 from .conf import settings
 from .exceptions import RegistrationError, SerializationError
@@ -45,6 +45,9 @@ class ReceiverSpec:
     func: Callable[..., Any]
     max_attempts: int | None = None
     timeout: float | None = None
+    queue: str = routing.DEFAULT_QUEUE
+    #: Called at send time for the event's ordering key (outbox.routing.ordering_key).
+    ordering_key: Callable[..., Any] | None = None
 
 
 class Registry:
@@ -153,8 +156,12 @@ class Registry:
                 f"two different functions claim the receiver path {spec.path!r}: one defined at "
                 f"{_origin(old.func)}, the other at {_origin(spec.func)}; rename one of them"
             )
-        elif (old.max_attempts, old.timeout) != (spec.max_attempts, spec.timeout):
-            raise RegistrationError(f"{spec.path} is connected twice with different max_attempts or timeout")
+        elif (old.max_attempts, old.timeout, old.queue) != (spec.max_attempts, spec.timeout, spec.queue) or (
+            (old.ordering_key is None) != (spec.ordering_key is None)
+        ):
+            raise RegistrationError(
+                f"{spec.path} is connected twice with different max_attempts, timeout, queue or ordering_key"
+            )
         else:  # the same function re-imported (importlib.reload, autoreload)
             self.receivers[spec.path] = spec
 
@@ -257,13 +264,19 @@ class _DeferToOutbox:
             names = ", ".join(spec.path for spec in specs)
             raise type(exc)(f"cannot defer {names} for signal {self.signal_name}: {exc}") from None
         default = settings.MAX_ATTEMPTS
-        with asend_hint(lambda: self.signal_name):
-            queries.insert_events(
-                _database(kwargs),
-                self.signal_name,
-                [(spec.path, spec.max_attempts or default) for spec in specs],
-                payload,
+        rows = [
+            queries.NewEvent(
+                spec.path,
+                spec.max_attempts or default,
+                spec.queue,
+                None
+                if spec.ordering_key is None
+                else routing.ordering_key(spec.ordering_key, spec.path, sender, {"signal": signal, **kwargs}),
             )
+            for spec in specs
+        ]
+        with asend_hint(lambda: self.signal_name):
+            queries.insert_events(_database(kwargs), self.signal_name, rows, payload)
 
 
 class _RunOnCommit:
@@ -324,16 +337,27 @@ def connect(
     delivery: str = "outbox",
     max_attempts: int | None = None,
     timeout: float | None = None,
+    queue: str | None = None,
+    ordering_key: Callable[..., Any] | None = None,
 ) -> None:
     """Connect ``func`` to ``signal`` (or a list of signals) with deferred delivery.
 
     ``delivery="outbox"`` (default) writes an event row in the sender's transaction for the
     worker to run after commit; ``delivery="on_commit"`` calls ``func`` in this process
     right after the transaction commits. ``max_attempts`` and ``timeout`` (seconds) apply
-    to outbox delivery.
+    to outbox delivery, and so do ``queue`` (the queue its events are written to, default
+    ``"default"``) and ``ordering_key`` (``func(sender, signal=..., **kwargs)`` returning a
+    str, int or None: events of one receiver and key run one at a time, in send order).
     """
     if delivery not in DELIVERIES:
         raise RegistrationError(f"delivery must be one of {DELIVERIES}, not {delivery!r}")
+    if delivery == "on_commit" and (queue is not None or ordering_key is not None):
+        raise RegistrationError(
+            "queue and ordering_key apply to delivery='outbox' only: an on_commit receiver runs in "
+            "the sender's process right after commit, with no queue and no worker to order it"
+        )
+    if ordering_key is not None and not callable(ordering_key):
+        raise RegistrationError(f"ordering_key must be a function of (sender, **kwargs): {ordering_key!r}")
     # Refused here, not by the column at send time (which aborts the sender's transaction).
     if max_attempts is not None and not limits.SETTINGS["MAX_ATTEMPTS"].holds(max_attempts):
         raise RegistrationError(
@@ -342,7 +366,8 @@ def connect(
     if timeout is not None and not _TIMEOUT.holds(timeout):
         raise RegistrationError(f"timeout must be {_TIMEOUT.describe()}, not {timeout!r}")
     if delivery == "outbox":
-        spec = ReceiverSpec(receiver_path(func), func, max_attempts, timeout)
+        queue = routing.DEFAULT_QUEUE if queue is None else routing.check_queue(queue)
+        spec = ReceiverSpec(receiver_path(func), func, max_attempts, timeout, queue, ordering_key)
         registry.add_receiver(spec)
     uid = _uid(func, dispatch_uid, delivery)
     for one in _signals(signal):

@@ -63,8 +63,14 @@ class Report:
     by_status: dict[str, int | None]
     #: {receiver: {status: count}} for the statuses counted.
     by_receiver: dict[str, dict[str, int]]
+    #: {queue: {status: count}} for the statuses counted.
+    by_queue: dict[str, dict[str, int]]
+    #: Ordering keys held up by a ``failed`` event (one per receiver and key), and the
+    #: events parked behind them, to run once it is replayed or discarded.
+    blocked_keys: int
     #: {minutes: events done in the last that many minutes}.
     done_in_last_minutes: dict[int, int]
+    blocked_events: int = 0
     #: PostgreSQL only: size and vacuum state of the table.
     table: dict[str, Any] | None = None
     #: Running events whose sync receiver is past its timeout and still runs in a worker
@@ -95,11 +101,18 @@ class Report:
         return {key: iso(value) for key, value in data.items()}
 
 
-def _counts(queryset: Any, by_status: dict[str, int | None], by_receiver: dict[str, dict[str, int]]) -> None:
-    rows = queryset.order_by().values("status", "receiver").annotate(n=Count("pk"))
+def _counts(
+    queryset: Any, by_status: dict[str, int | None], *groups: tuple[str, dict[str, dict[str, int]]]
+) -> None:
+    """Add the counts of one GROUP BY (status and each group's column) to the tallies."""
+    columns = [column for column, _ in groups]
+    rows = queryset.order_by().values("status", *columns).annotate(n=Count("pk"))
     for row in rows:
-        by_status[row["status"]] = (by_status[row["status"]] or 0) + row["n"]
-        by_receiver.setdefault(row["receiver"], {})[row["status"]] = row["n"]
+        status, n = row["status"], row["n"]
+        by_status[status] = (by_status[status] or 0) + n
+        for column, tally in groups:
+            counts = tally.setdefault(row[column], {})
+            counts[status] = counts.get(status, 0) + n
 
 
 def _table_stats(database: str) -> dict[str, Any] | None:
@@ -144,15 +157,22 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
 
     by_status: dict[str, int | None] = dict.fromkeys(S.values, 0)
     by_receiver: dict[str, dict[str, int]] = {}
+    by_queue: dict[str, dict[str, int]] = {}
+    groups = (("receiver", by_receiver), ("queue", by_queue))
     if count_done:
         # Counting every row: one sequential scan is the cheapest way there is.
-        _counts(events, by_status, by_receiver)
+        _counts(events, by_status, *groups)
     else:
         by_status[S.DONE] = None
-        _counts(active, by_status, by_receiver)
+        _counts(active, by_status, *groups)
         # One query per status: ``status = %s`` lets SQLite use the partial index too.
         for status in (S.FAILED, S.DISCARDED):
-            _counts(events.filter(status=status), by_status, by_receiver)
+            _counts(events.filter(status=status), by_status, *groups)
+    # Through outbox_event_key: its own condition spelled out, which SQLite matches term by term.
+    keyed = events.filter(ordering_key__isnull=False, status__in=[S.PENDING, S.RUNNING, S.FAILED])
+    blocked_keys = keyed.filter(status=S.FAILED).values("receiver", "ordering_key").distinct().count()
+    # Parked events are the last range of outbox_event_due (spelled as its condition, for SQLite).
+    blocked_events = active.filter(available_at__gte=queries.parked()).count()
 
     windows = {
         f"m{minutes}": Count("pk", filter=Q(finished_at__gte=now - datetime.timedelta(minutes=minutes)))
@@ -170,6 +190,9 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
         due=due.count(),
         by_status=by_status,
         by_receiver=dict(sorted(by_receiver.items())),
+        by_queue=dict(sorted(by_queue.items())),
+        blocked_keys=blocked_keys,
+        blocked_events=blocked_events,
         done_in_last_minutes={minutes: done[f"m{minutes}"] for minutes in RATE_WINDOWS},
         table=_table_stats(database),
         overdue=active.filter(status=S.RUNNING, worker__endswith=queries.OVERDUE_MARK).count(),

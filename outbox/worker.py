@@ -18,12 +18,13 @@ import signal as signals
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connections
 
-from . import claims, limits, pruning
+from . import claims, limits, pruning, routing
 from .checks import unapplied_migrations
 from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
@@ -68,6 +69,7 @@ class Worker:
         dispatcher: Dispatcher | None = None,
         check_migrations: bool = False,
         concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
     ) -> None:
         self.database = database or settings.database
         self.batch_size = batch_size or settings.BATCH_SIZE
@@ -84,6 +86,8 @@ class Worker:
             lease_seconds or getattr(self.dispatcher, "lease_seconds", None) or settings.LEASE_SECONDS
         )
         self._refuse_bad_numbers()
+        #: The queues this worker drains; None: every queue (outbox.routing).
+        self.queues = None if queues is None else [routing.check_queue(queue) for queue in queues] or None
         self.listen = listen and not once and can_listen(self.database)
         self.once = once
         self.check_migrations = check_migrations
@@ -145,6 +149,8 @@ class Worker:
             self.lease_seconds,
             "LISTEN/NOTIFY" if self.listen else "polling only",
         )
+        if self.queues:
+            logger.info("worker %s drains queues %s", self.name, ", ".join(self.queues))
         try:
             if self.check_migrations:
                 self._start_up()
@@ -277,7 +283,9 @@ class Worker:
 
     def run_batch(self) -> int:
         """Claim one batch and hand it to the dispatcher; return how many were claimed."""
-        claim = claims.claim(self.database, self.batch_size, self.lease_seconds, self.name)
+        claim = claims.claim(
+            self.database, self.batch_size, self.lease_seconds, self.name, queues=self.queues
+        )
         if claim.rows:
             # The heartbeat keeps the rows still the claim's leased until it has settled (a
             # row already run but not yet written done must not be reclaimed either), and

@@ -565,3 +565,32 @@ def test_a_bulk_action_within_the_limit_logs_every_event_in_one_insert(operator)
         e.pk for e in events
     )
     assert set(LogEntry.objects.values_list("user__username", flat=True)) == {"operator"}
+
+
+# --- queues and ordering keys ------------------------------------------------------------
+
+
+def test_the_queue_filter_offers_the_registered_queues_and_shows_the_queue_column(operator):
+    [fast] = make_events(1, queue="fast")
+    make_events(2)
+    page = operator.get(CHANGELIST, {"queue": "fast"})
+    assert [e.pk for e in page.context["cl"].result_list] == [fast.pk]
+    html = page.content.decode()
+    for name in ("default", "fast", "slow"):
+        assert f"?queue={name}" in html
+    assert '<td class="field-queue">fast</td>' in html
+
+
+def test_a_failed_keyed_event_shows_that_it_blocks_its_key_and_the_events_behind_wait(operator):
+    from outbox import queries
+
+    [head] = make_events(1, ordering_key="alice")
+    behind = make_events(2, status=S.PENDING, ordering_key="alice")
+    Event.objects.filter(pk__in=[e.pk for e in behind]).update(available_at=queries.PARKED)
+    html = operator.get(CHANGELIST).content.decode()
+    assert html.count('class="outbox-key-blocks"') == 1
+    assert html.count('class="outbox-key-blocked"') == 2
+    detail = operator.get(change_url(head)).content.decode()
+    assert "Blocks its key: the 2 later event(s)" in detail
+    detail = operator.get(change_url(behind[0])).content.decode()
+    assert f"Waits for event #{head.pk} (failed)" in detail

@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from outbox.conf import settings
 from outbox.limits import MAX_EVENT_ID, MAX_SECONDS, Range
 from outbox.models import Event
+from outbox.routing import QUEUE_RULE, valid_queue
 
 __all__ = [
     "add_filter_arguments",
@@ -30,6 +31,7 @@ __all__ = [
     "id_range",
     "non_negative",
     "positive",
+    "queue",
     "since",
     "within",
 ]
@@ -105,6 +107,13 @@ def since(text: str) -> datetime.datetime:
     return value
 
 
+def queue(text: str) -> str:
+    """A queue name, as ``outbox.receiver(..., queue=...)`` accepts it."""
+    if not valid_queue(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a queue name: use {QUEUE_RULE}")
+    return text
+
+
 def within(limits: Range) -> Callable[[str], Any]:
     """A number in ``limits`` (``outbox.limits``), the range of the setting it overrides."""
 
@@ -154,6 +163,9 @@ def add_filter_arguments(parser: argparse.ArgumentParser, default_status: str) -
         "--signal", action="append", default=[], metavar="PATH", help="Signal dotted path (repeatable)."
     )
     parser.add_argument(
+        "--queue", action="append", default=[], type=queue, metavar="NAME", help="Queue (repeatable)."
+    )
+    parser.add_argument(
         "--status",
         action="append",
         choices=Event.Status.values,
@@ -181,6 +193,7 @@ def filters(options: dict[str, Any], default_status: str) -> dict[str, Any]:
     return {
         "receivers": options["receiver"],
         "signals": options["signal"],
+        "queues": options["queue"],
         "statuses": options["status"] or [default_status],
         "ids": options["id"],
         "since": options["since"],

@@ -93,6 +93,17 @@ def _text(report: Report) -> str:
         lines.append(f"  {'receiver':<{width}}  " + "  ".join(f"{s:>9}" for s in statuses))
         for receiver, row in report.by_receiver.items():
             lines.append(f"  {receiver:<{width}}  " + "  ".join(f"{row.get(s, 0):>9}" for s in statuses))
+    if report.by_queue:
+        statuses = [s for s, n in by_status.items() if n is not None]
+        width = max(len("queue"), *(len(q) for q in report.by_queue))
+        lines.append(f"  {'queue':<{width}}  " + "  ".join(f"{s:>9}" for s in statuses))
+        for queue, row in report.by_queue.items():
+            lines.append(f"  {queue:<{width}}  " + "  ".join(f"{row.get(s, 0):>9}" for s in statuses))
+    if report.blocked_keys:
+        lines.append(
+            f"blocked: {report.blocked_keys} ordering key(s) held by a failed event, "
+            f"{report.blocked_events} event(s) waiting behind them (replay or discard the failed ones)"
+        )
     if report.table:
         t = report.table
         lines.append(

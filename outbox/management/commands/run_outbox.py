@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from outbox.checks import check_settings
 from outbox.conf import settings
 from outbox.limits import SETTINGS
+from outbox.management import arguments
 from outbox.management.arguments import within
 from outbox.worker import Worker
 
@@ -48,6 +49,13 @@ class Command(BaseCommand):
             type=within(SETTINGS["CONCURRENCY"]),
             help="Receivers run at once (default: OUTBOX['CONCURRENCY']; 1: one after another).",
         )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            type=arguments.queue,
+            metavar="NAME",
+            help="Drain only this queue (repeatable; default: every queue).",
+        )
         parser.add_argument("--once", action="store_true", help="Drain everything due now, then exit.")
         parser.add_argument(
             "--no-listen",
@@ -74,6 +82,7 @@ class Command(BaseCommand):
             once=options["once"],
             check_migrations=True,
             concurrency=options["concurrency"],
+            queues=options["queue"],
         )
         restore = _configure_logging(options["verbosity"])
         try:

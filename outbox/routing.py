@@ -1,0 +1,67 @@
+"""Where an event goes: its queue, named at registration, and its ordering key, computed
+at send time.
+
+A queue is a name a worker drains (``run_outbox --queue NAME``). An ordering key groups
+the events of one receiver that must run one at a time, in the order they were written:
+``ordering_key=func`` is called in the sender's process, as ``func(sender, signal=...,
+**kwargs)``, the arguments a receiver gets, and returns a ``str``, an ``int`` or ``None``
+(unordered). What the claim does with the key is in :mod:`outbox.queries`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .exceptions import RegistrationError, SerializationError
+
+__all__ = ["DEFAULT_QUEUE", "MAX_KEY_LENGTH", "check_queue", "ordering_key", "valid_queue"]
+
+#: The queue of receivers that name none, and of rows written before queues existed.
+DEFAULT_QUEUE = "default"
+#: The width of ``Event.ordering_key``.
+MAX_KEY_LENGTH = 255
+# Identifier-like, so a name is safe on a command line, in a URL and in a log line.
+_QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+QUEUE_RULE = "1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+
+
+def valid_queue(name: Any) -> bool:
+    """True if ``name`` may name a queue."""
+    return isinstance(name, str) and _QUEUE.fullmatch(name) is not None
+
+
+def check_queue(name: Any) -> str:
+    """Return ``name`` if it may name a queue; else raise :class:`RegistrationError`."""
+    if not valid_queue(name):
+        raise RegistrationError(f"queue must be {QUEUE_RULE}, not {name!r}")
+    return name
+
+
+def ordering_key(func: Callable[..., Any], receiver: str, sender: Any, kwargs: dict[str, Any]) -> str | None:
+    """Call a receiver's ``ordering_key`` function for one send; return the key to store.
+
+    An ``int`` is stored as its decimal string (so ``5`` and ``"5"`` are one key). Any
+    other result, or a string the column cannot hold, raises :class:`SerializationError`
+    before anything is written, so the sender's transaction is untouched.
+    """
+    key = func(sender, **kwargs)
+    if key is None:
+        return None
+    if isinstance(key, str):
+        key = str(key)  # a subclass (SafeString) stored as the plain string
+    elif isinstance(key, int) and not isinstance(key, bool):
+        key = str(key) if abs(key) < 10**MAX_KEY_LENGTH else key  # str() of a huge int is slow
+    else:
+        raise SerializationError(
+            f"the ordering_key of {receiver} returned {type(key).__name__} {key!r:.80}; "
+            f"it must return a str, an int or None"
+        )
+    if isinstance(key, int) or len(key) > MAX_KEY_LENGTH:
+        raise SerializationError(
+            f"the ordering_key of {receiver} returned a key longer than {MAX_KEY_LENGTH} characters"
+        )
+    if "\x00" in key:
+        raise SerializationError(f"the ordering_key of {receiver} returned a key with a NUL character")
+    return key
