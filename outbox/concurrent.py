@@ -272,16 +272,20 @@ class Runner:
         timeout = ready.spec.timeout
         failure: BaseException | None = None
         try:
-            task = asyncio.ensure_future(
-                ready.spec.func(signal=ready.signal, sender=ready.sender, **ready.kwargs)
-            )
-            finished, _ = await asyncio.wait({task}, timeout=timeout or None)
-            if finished:
-                failure = task.exception()
+            coroutine = ready.spec.func(signal=ready.signal, sender=ready.sender, **ready.kwargs)
+            if not timeout:
+                await coroutine  # no timer to race: no task and no wait of its own
             else:
-                task.cancel()
-                await asyncio.wait({task})
-                failure = ReceiverTimeout(f"the receiver ran over its timeout of {timeout}s: cancelled")
+                # Guarded: a task re-raises SystemExit and KeyboardInterrupt through the
+                # loop, which would stop it; here they are the receiver's failure.
+                task = asyncio.ensure_future(_guarded(coroutine))
+                finished, _ = await asyncio.wait({task}, timeout=timeout)
+                if finished:
+                    failure = task.result()
+                else:
+                    task.cancel()
+                    await asyncio.wait({task})
+                    failure = ReceiverTimeout(f"the receiver ran over its timeout of {timeout}s: cancelled")
         except BaseException as exc:  # noqa: BLE001 - calling the receiver raised: its failure
             failure = exc
         if failure is None and not row.alone:
@@ -300,6 +304,15 @@ class Runner:
             return
         record_failure(claim, row, failure, started, permanent=False)
         self._noted(claim, row, False, recorded=True)
+
+
+async def _guarded(coroutine: Any) -> BaseException | None:
+    """Await ``coroutine``; return what it raised, None if it returned."""
+    try:
+        await coroutine
+    except BaseException as exc:  # noqa: BLE001 - the receiver's failure, whatever it is
+        return exc
+    return None
 
 
 def recycle_connections() -> None:

@@ -142,6 +142,21 @@ def test_an_async_receiver_is_cancelled_at_its_timeout(worker_process):
     assert not _keys("stuck_async:end"), "cancelled: its body did not go on"
 
 
+@pytest.mark.parametrize("exit", ["SystemExit", "KeyboardInterrupt"])
+def test_an_async_receiver_raising_systemexit_or_ctrl_c_fails_its_event_alone(exit, worker_process):
+    # asyncio re-raises these two out of a task and through the loop: they must stay the
+    # receiver's failure, with or without a timeout, not stop the worker's event loop.
+    worker = worker_process("--concurrency", "4", env=SLOW)
+    with transaction.atomic():
+        slow_receivers.exiting_signal.send(sender=None, key="bad", exit=exit)
+    wait_for(lambda: Event.objects.filter(status="failed").count() == 2, timeout=30)
+    assert {e.last_error for e in Event.objects.all()} == {f"{exit}: "}
+    _send(slow_receivers.waited, 4, sleep=0.01, prefix="after")
+    wait_for(lambda: len(_keys("wait_async")) == 4, timeout=30)
+    worker.signal()
+    assert worker.wait(timeout=30) == 0, worker.output
+
+
 def test_a_sync_receiver_past_its_timeout_is_failed_and_held_until_its_thread_returns(worker_process, capsys):
     worker = worker_process("--concurrency", "4", env=SLOW)
     _send(slow_receivers.stuck_sync_signal, 1, sleep=3, prefix="stuck")

@@ -21,6 +21,9 @@ waited = django.dispatch.Signal()
 #: Sent with ``key`` and ``sleep``: its receiver outlives its timeout of 0.5 s.
 stuck_sync_signal = django.dispatch.Signal()
 stuck_async_signal = django.dispatch.Signal()
+#: Sent with ``key`` and ``exit``: its async receivers raise SystemExit or KeyboardInterrupt
+#: (``exit`` names which), one with a timeout and one without.
+exiting_signal = django.dispatch.Signal()
 
 TIMEOUT = 0.5
 
@@ -47,8 +50,19 @@ async def stuck_async(sender, key, sleep, **kwargs):
     await Call.objects.acreate(receiver="stuck_async:end", key=key, worker_pid=os.getpid())
 
 
+async def exits_async(sender, key, exit, **kwargs):
+    await Call.objects.acreate(receiver="exits_async", key=key, worker_pid=os.getpid())
+    raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[exit]()
+
+
+async def exits_async_timed(sender, key, exit, **kwargs):
+    await exits_async(sender, key, exit)
+
+
 def connect():
     """Connect the slow receivers (idempotent)."""
     outbox.connect(waited, wait_async)
     outbox.connect(stuck_sync_signal, stuck_sync, timeout=TIMEOUT, max_attempts=2)
     outbox.connect(stuck_async_signal, stuck_async, timeout=TIMEOUT, max_attempts=2)
+    outbox.connect(exiting_signal, exits_async, max_attempts=1)
+    outbox.connect(exiting_signal, exits_async_timed, timeout=30, max_attempts=1)
