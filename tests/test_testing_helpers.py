@@ -282,3 +282,18 @@ def test_django_s_own_runner_runs_the_testcase_tests(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Ran 4 tests" in done.stderr
     assert "test_capture_and_on_commit_receivers" in done.stderr
+
+
+def test_the_example_site_s_own_tests_pass():
+    """example/social/tests.py uses outbox.testing as a project would (SQLite in memory)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "test", "social", "--noinput"],
+        cwd=ROOT / "example",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Ran 4 tests" in done.stderr
