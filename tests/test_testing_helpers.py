@@ -20,6 +20,7 @@ from outbox.testing.draining import WORKER
 from tests.conftest import ROOT, postgres_only
 from tests.testapp.models import Call, Person
 from tests.testapp.testing_receivers import (
+    announced,
     broke_db,
     explode,
     exploded,
@@ -189,6 +190,17 @@ def test_capture_lists_what_was_sent_decoded_without_running_it(transactional):
     assert sent.to(welcome) == [first]
     assert sent.to("tests.testapp.testing_receivers.mail_step") == [second]
     assert keys("welcome") == []  # nothing ran
+
+
+def test_on_commit_receivers_write_no_event_and_run_with_the_callbacks(
+    db, django_capture_on_commit_callbacks
+):
+    with testing.capture() as sent, django_capture_on_commit_callbacks(execute=True):
+        announced.send(sender=None, key="now")
+        greeted.send(sender=Person, person=Person.objects.create(name="max"))
+    assert sent.receivers == [WELCOME]
+    assert keys("announce_now") == ["now"]
+    assert testing.drain()[0].receiver == WELCOME
 
 
 def test_capture_of_nothing(db):
