@@ -680,6 +680,19 @@ def release(alias: str, token: str, ids: Sequence[int]) -> int:
     return _fenced_update(alias, token, ids, assignments, params)
 
 
+def put_back(alias: str, token: str, event_id: int, available_at: datetime.datetime) -> int:
+    """Hand a claimed event back unstarted, due at ``available_at`` again, its attempt undone.
+
+    For :func:`outbox.testing.drain`, which runs each event at most once per call: a retry
+    that fell due while it ran is claimed again, and put back as it was. Served by the
+    primary key."""
+    assignments = (
+        "status = 'pending', available_at = %s, lease_token = NULL, batch_attempt = false, "
+        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END"
+    )
+    return _fenced_update(alias, token, [event_id], assignments, [available_at])
+
+
 def run_alone(alias: str, token: str, event_id: int) -> int | None:
     """Mark a claimed event as the one in hand, alone, and count its attempt; return the
     attempts now counted, or None if ``token`` no longer holds it.
