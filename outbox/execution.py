@@ -23,12 +23,22 @@ from django.db import connections
 from . import coroutines, queries
 from .claims import Claim
 from .conf import settings
+from .current import EventInfo, running
 from .decoding import PayloadDecoder
-from .exceptions import DispatchError, OutboxError, UnknownReceiver
+from .exceptions import DispatchError, OutboxError, PermanentFailure, RetryAfter, UnknownReceiver
 from .registry import get_receiver, get_signal
 from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
 
-__all__ = ["Prepared", "ReceiverTimeout", "backoff_delay", "prepare", "record_failure", "run_claimed"]
+__all__ = [
+    "Prepared",
+    "ReceiverTimeout",
+    "backoff_delay",
+    "event_info",
+    "prepare",
+    "record_failure",
+    "retry_after_delay",
+    "run_claimed",
+]
 
 logger = logging.getLogger("outbox")
 
@@ -47,6 +57,24 @@ def backoff_delay(attempts: int) -> float:
     # The exponent is capped: MAX_ATTEMPTS may be 2**31 - 1, and 2 ** 1024 is no float.
     delay = min(cap, base * 2 ** min(max(attempts - 1, 0), 1000))
     return random.uniform(delay / 2, delay)
+
+
+def retry_after_delay(row: queries.Claimed, exc: RetryAfter) -> float:
+    """Seconds before the retry a receiver asked for: at least what it asked for (clamped to
+    ``RETRY_AFTER_MAX_SECONDS``, with a warning), plus up to a tenth of it, at most a minute,
+    of jitter."""
+    cap = settings.RETRY_AFTER_MAX_SECONDS
+    wait = exc.seconds
+    if wait > cap:
+        logger.warning(
+            "event %d %s asked to retry after %gs, longer than RETRY_AFTER_MAX_SECONDS: retry after %gs",
+            row.id,
+            row.receiver,
+            wait,
+            cap,
+        )
+        wait = cap
+    return wait + random.uniform(0, min(wait / 10, 60.0))
 
 
 def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -> Claim:
@@ -120,12 +148,30 @@ def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: Payloa
 
 
 class Prepared:
-    """A row ready to call: its receiver, signal and decoded arguments."""
+    """A row ready to call: its receiver, signal, decoded arguments, and what
+    :func:`outbox.current_event` returns while it runs."""
 
-    __slots__ = ("kwargs", "sender", "signal", "spec")
+    __slots__ = ("event", "kwargs", "sender", "signal", "spec")
 
-    def __init__(self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any], event: EventInfo | None = None
+    ) -> None:
         self.spec, self.signal, self.sender, self.kwargs = spec, signal, sender, kwargs
+        self.event = event
+
+
+def event_info(row: queries.Claimed) -> EventInfo:
+    """The :class:`~outbox.current.EventInfo` of a claimed row."""
+    return EventInfo(
+        id=row.id,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        signal=row.signal,
+        receiver=row.receiver,
+        queue=row.queue,
+        ordering_key=row.ordering_key,
+        created_at=row.created_at,
+    )
 
 
 def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> Prepared | None:
@@ -153,7 +199,7 @@ def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDe
     except DispatchError as exc:
         record_failure(claim, row, exc, started, permanent=True)
         return None
-    return Prepared(spec, signal, sender, kwargs)
+    return Prepared(spec, signal, sender, kwargs, event_info(row))
 
 
 def _run_one(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
@@ -180,7 +226,9 @@ def call_receiver(ready: Prepared) -> BaseException | None:
     before = open_transactions()
     failure: BaseException | None = None
     try:
-        _call(ready.spec.func, ready.spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
+        with running(ready.event):
+            spec = ready.spec
+            _call(spec.func, spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
     except ReceiverTimeout as exc:
         _abandon_queries()
         failure = exc
@@ -224,12 +272,21 @@ def record_failure(
 ) -> None:
     """Record a failed attempt of ``row``: a retry after backoff, or failed for good when
     ``permanent`` or out of attempts; ``retry_in`` overrides the backoff. ``overdue``:
-    only store the error of a receiver still running past its timeout (outbox.concurrent)."""
+    only store the error of a receiver still running past its timeout (outbox.concurrent).
+
+    The receiver may steer this: :class:`~outbox.RetryAfter` sets the wait (within
+    ``RETRY_AFTER_MAX_SECONDS``, jitter only upwards), :class:`~outbox.PermanentFailure`
+    fails the event for good. Either is an attempt, so the last one fails as any failure.
+    """
     error = _error_text(exc)[:10000]
     trace = _traceback_text(exc)
     if overdue:
         claim.overdue(row.id, error, trace)
         return
+    if isinstance(exc, PermanentFailure):
+        permanent = True
+    elif isinstance(exc, RetryAfter) and retry_in is None:
+        retry_in = retry_after_delay(row, exc)
     if retry_in is None and not permanent and row.attempts < row.max_attempts:
         retry_in = backoff_delay(row.attempts)
     if permanent or row.attempts >= row.max_attempts:
