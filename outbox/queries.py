@@ -235,17 +235,18 @@ def _claimed(connection: Any, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """The rows of a claim's ``RETURNING`` (see _RETURNING), sorted by id."""
     found = [Claimed(*row[:6], bool(row[6]), *row[7:]) for row in rows]
     if connection.vendor != "postgresql":
-        # SQLite returns the timestamp as text here (no declared type to convert by).
+        # Raw SQL skips the ORM's converters: SQLite gives the stored text (UTC), or a
+        # naive datetime where its own converter applies.
         for row in found:
-            if isinstance(row.created_at, str):
-                row.created_at = _read_datetime(row.created_at)
+            row.created_at = _read_datetime(row.created_at)
     found.sort(key=lambda row: row.id)
     return found
 
 
-def _read_datetime(text: str) -> datetime.datetime | None:
-    value = parse_datetime(text)
-    if value is not None and django_settings.USE_TZ and timezone.is_naive(value):
+def _read_datetime(value: Any) -> datetime.datetime | None:
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if isinstance(value, datetime.datetime) and django_settings.USE_TZ and timezone.is_naive(value):
         value = timezone.make_aware(value, datetime.timezone.utc)
     return value
 
