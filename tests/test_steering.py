@@ -15,7 +15,7 @@ from django.test import override_settings
 import outbox
 from outbox.models import Event
 from outbox.queries import database_now, parked
-from tests.conftest import calls
+from tests.conftest import calls, wait_for
 from tests.operating import run
 from tests.testapp.steering import (
     doomed,
@@ -265,3 +265,44 @@ def test_current_event_is_right_on_the_first_try_on_a_retry_and_after_a_replay(d
     assert len(notes) == 2 * before
     keys = {(n["event"]["receiver"], n["event"]["idempotency_key"]) for n in notes}
     assert len(keys) == 2  # one key per event, through retry and replay
+
+
+# --- in real worker processes ----------------------------------------------------------
+
+
+def _all_done():
+    statuses = set(Event.objects.values_list("status", flat=True))
+    return statuses == {"done"}
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_each_receiver_sees_its_own_event_in_a_worker_process(concurrency, worker_process, path):
+    for n in range(6):
+        send(looked, key=f"k{n}", path=path, hold=0.2, fail_first=True)
+    proc = worker_process("--concurrency", concurrency)
+    wait_for(_all_done, timeout=60)
+    # Sync receivers in threads and async ones as tasks ran side by side at concurrency 4,
+    # each noting its event before and after its hold: none saw another's.
+    notes = check_seen(path, [1, 2])
+    assert len(notes) == 6 * 2 * 2 * 2
+    assert {n["pid"] for n in notes} == {proc.process.pid}
+    proc.signal()
+    assert proc.wait() == 0, proc.output
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_retry_after_in_a_worker_process_waits_before_the_next_attempt(concurrency, worker_process, path):
+    for n in range(3):
+        send(later, key=f"k{n}", path=path, seconds=2)
+    proc = worker_process("--concurrency", concurrency)
+    wait_for(_all_done, timeout=60)
+    notes = seen(path)
+    for row in Event.objects.all():
+        assert row.attempts == 2
+        tries = [n for n in notes if n["event"]["id"] == row.id]
+        assert [n["event"]["attempt"] for n in tries] == [1, 2]
+        assert {n["event"]["idempotency_key"] for n in tries} == {f"outbox-{row.id}"}
+        assert tries[1]["t"] - tries[0]["t"] >= 2.0
+    assert {n.get("kind", "sync") for n in notes} == {"sync", "async"}
+    proc.signal()
+    assert proc.wait() == 0, proc.output

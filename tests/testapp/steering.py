@@ -40,7 +40,7 @@ def _note(path, **fields):
             "idempotency_key": event.idempotency_key,
         }
     with open(path, "a") as out:
-        out.write(json.dumps({"event": seen, "pid": os.getpid(), **fields}) + "\n")
+        out.write(json.dumps({"event": seen, "pid": os.getpid(), "t": time.time(), **fields}) + "\n")
     return event
 
 
