@@ -285,7 +285,7 @@ def record_failure(
         return
     if isinstance(exc, PermanentFailure):
         permanent = True
-    elif isinstance(exc, RetryAfter) and retry_in is None:
+    elif isinstance(exc, RetryAfter) and retry_in is None and row.attempts < row.max_attempts:
         retry_in = retry_after_delay(row, exc)
     if retry_in is None and not permanent and row.attempts < row.max_attempts:
         retry_in = backoff_delay(row.attempts)
