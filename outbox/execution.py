@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import signal as signals
 import threading
 import time
@@ -22,11 +21,11 @@ from django.db import connections
 
 from . import coroutines, queries
 from .claims import Claim
-from .conf import settings
 from .current import EventInfo, running
 from .decoding import PayloadDecoder
-from .exceptions import DispatchError, OutboxError, PermanentFailure, RetryAfter, UnknownReceiver
+from .exceptions import DispatchError, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
+from .retries import backoff_delay, next_attempt
 from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
 
 __all__ = [
@@ -36,7 +35,6 @@ __all__ = [
     "event_info",
     "prepare",
     "record_failure",
-    "retry_after_delay",
     "run_claimed",
 ]
 
@@ -45,36 +43,6 @@ logger = logging.getLogger("outbox")
 
 class ReceiverTimeout(OutboxError):
     """A receiver ran longer than its ``timeout``."""
-
-
-def backoff_delay(attempts: int) -> float:
-    """Seconds before retry number ``attempts``: exponential, capped, with jitter.
-
-    The jitter draws from the upper half of the delay, so retries of events that failed
-    together spread out without any retrying much sooner than planned.
-    """
-    base, cap = settings.BACKOFF_BASE_SECONDS, settings.BACKOFF_MAX_SECONDS
-    # The exponent is capped: MAX_ATTEMPTS may be 2**31 - 1, and 2 ** 1024 is no float.
-    delay = min(cap, base * 2 ** min(max(attempts - 1, 0), 1000))
-    return random.uniform(delay / 2, delay)
-
-
-def retry_after_delay(row: queries.Claimed, exc: RetryAfter) -> float:
-    """Seconds before the retry a receiver asked for: at least what it asked for (clamped to
-    ``RETRY_AFTER_MAX_SECONDS``, with a warning), plus up to a tenth of it, at most a minute,
-    of jitter."""
-    cap = settings.RETRY_AFTER_MAX_SECONDS
-    wait = exc.seconds
-    if wait > cap:
-        logger.warning(
-            "event %d %s asked to retry after %gs, longer than RETRY_AFTER_MAX_SECONDS: retry after %gs",
-            row.id,
-            row.receiver,
-            wait,
-            cap,
-        )
-        wait = cap
-    return wait + random.uniform(0, min(wait / 10, 60.0))
 
 
 def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -> Claim:
@@ -283,14 +251,7 @@ def record_failure(
     if overdue:
         claim.overdue(row.id, error, trace)
         return
-    if isinstance(exc, PermanentFailure):
-        permanent = True
-    elif isinstance(exc, RetryAfter) and retry_in is None and row.attempts < row.max_attempts:
-        retry_in = retry_after_delay(row, exc)
-    if retry_in is None and not permanent and row.attempts < row.max_attempts:
-        retry_in = backoff_delay(row.attempts)
-    if permanent or row.attempts >= row.max_attempts:
-        retry_in = None
+    retry_in = next_attempt(row, exc, permanent, retry_in)
     claim.fail(row.id, error, trace, retry_in)
     outcome = "failed for good" if retry_in is None else f"failed, retry in {retry_in:.1f}s"
     logger.warning(

@@ -306,3 +306,23 @@ def test_retry_after_in_a_worker_process_waits_before_the_next_attempt(concurren
     assert {n.get("kind", "sync") for n in notes} == {"sync", "async"}
     proc.signal()
     assert proc.wait() == 0, proc.output
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_permanent_failure_in_a_worker_process_fails_at_once(concurrency, worker_process, path):
+    send(doomed, key="4242", path=path)
+    send(doomed_keyed, key="k1")
+    send(doomed_keyed, key="k1")
+    proc = worker_process("--concurrency", concurrency)
+    wait_for(lambda: Event.objects.filter(status="failed").count() == 2, timeout=60)
+    time.sleep(0.5)  # several polls: nothing runs it again
+    row = event(GIVE_UP)
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert row.last_error == "PermanentFailure: card 4242 was declined for good"
+    assert len(seen(path)) == 1
+    first, second = Event.objects.filter(ordering_key="k1").order_by("id")
+    assert (first.status, first.attempts, second.status, second.attempts) == ("failed", 1, "pending", 0)
+    assert second.available_at == parked()
+    proc.signal()
+    assert proc.wait() == 0, proc.output
+    assert f"event {row.id} {GIVE_UP} failed for good" in proc.output
