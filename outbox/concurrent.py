@@ -274,7 +274,7 @@ class Runner:
         failure: BaseException | None = None
         # This task runs in a context of its own (a copy, taken when it was created), and
         # the receiver's inner task copies it in turn: each sees its own event only.
-        enter(ready.event)
+        enter(ready.row)
         try:
             coroutine = ready.spec.func(signal=ready.signal, sender=ready.sender, **ready.kwargs)
             if not timeout:

@@ -1,10 +1,12 @@
 """The event a deferred receiver is running for: :func:`current_event`.
 
-Held in a ``ContextVar``, set for exactly the call of one receiver: in the thread that calls
-a sync receiver (each pool thread of ``--concurrency N`` has its own value), and inside the
-task of an async one (each task on the worker's loop runs in a copy of the context, so tasks
-never see each other's event). ``async_to_sync`` and ``sync_to_async`` carry the context
-across, so an async receiver at concurrency 1, and sync code it awaits, see it too.
+Its claimed row is held in a ``ContextVar`` (the :class:`EventInfo` is built only when asked
+for: receivers that never ask pay nothing more), set for exactly the call of one receiver:
+in the thread that calls a sync receiver (each pool thread of ``--concurrency N`` has its
+own value), and inside the task of an async one (each task on the worker's loop runs in a
+copy of the context, so tasks never see each other's event). ``async_to_sync`` and
+``sync_to_async`` carry the context across, so an async receiver at concurrency 1, and sync
+code it awaits, see it too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["EventInfo", "current_event", "enter", "running"]
 
@@ -43,25 +46,38 @@ class EventInfo:
         return f"outbox-{self.id}"
 
 
-_current: ContextVar[EventInfo | None] = ContextVar("outbox_current_event", default=None)
+# The claimed row (outbox.queries.Claimed) in hand, or None.
+_current: ContextVar[Any] = ContextVar("outbox_current_event", default=None)
 
 
 def current_event() -> EventInfo | None:
     """The event the calling deferred receiver runs for; None outside a worker's call of a
     receiver, and in ``delivery="on_commit"`` receivers (they have no event row)."""
-    return _current.get()
+    row = _current.get()
+    if row is None:
+        return None
+    return EventInfo(
+        id=row.id,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        signal=row.signal,
+        receiver=row.receiver,
+        queue=row.queue,
+        ordering_key=row.ordering_key,
+        created_at=row.created_at,
+    )
 
 
-def enter(event: EventInfo | None) -> None:
-    """Make ``event`` the current event for the rest of this context: for a task that runs
-    one receiver and ends (its context is its own)."""
-    _current.set(event)
+def enter(row: Any) -> None:
+    """Make claimed ``row`` the current event for the rest of this context: for a task that
+    runs one receiver and ends (its context is its own)."""
+    _current.set(row)
 
 
 @contextlib.contextmanager
-def running(event: EventInfo | None) -> Iterator[None]:
-    """Make ``event`` the current event in this context until the block ends."""
-    token = _current.set(event)
+def running(row: Any) -> Iterator[None]:
+    """Make claimed ``row`` (None: no event) the current event until the block ends."""
+    token = _current.set(row)
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ from django.db import connections
 
 from . import coroutines, queries
 from .claims import Claim
-from .current import EventInfo, running
+from .current import running
 from .decoding import PayloadDecoder
 from .exceptions import DispatchError, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
@@ -32,7 +32,6 @@ __all__ = [
     "Prepared",
     "ReceiverTimeout",
     "backoff_delay",
-    "event_info",
     "prepare",
     "record_failure",
     "run_claimed",
@@ -116,30 +115,16 @@ def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: Payloa
 
 
 class Prepared:
-    """A row ready to call: its receiver, signal, decoded arguments, and what
-    :func:`outbox.current_event` returns while it runs."""
+    """A row ready to call: its receiver, signal, decoded arguments, and the claimed row
+    (what :func:`outbox.current_event` describes while it runs; None: no event)."""
 
-    __slots__ = ("event", "kwargs", "sender", "signal", "spec")
+    __slots__ = ("kwargs", "row", "sender", "signal", "spec")
 
     def __init__(
-        self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any], event: EventInfo | None = None
+        self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any], row: queries.Claimed | None = None
     ) -> None:
         self.spec, self.signal, self.sender, self.kwargs = spec, signal, sender, kwargs
-        self.event = event
-
-
-def event_info(row: queries.Claimed) -> EventInfo:
-    """The :class:`~outbox.current.EventInfo` of a claimed row."""
-    return EventInfo(
-        id=row.id,
-        attempt=row.attempts,
-        max_attempts=row.max_attempts,
-        signal=row.signal,
-        receiver=row.receiver,
-        queue=row.queue,
-        ordering_key=row.ordering_key,
-        created_at=row.created_at,
-    )
+        self.row = row
 
 
 def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> Prepared | None:
@@ -167,7 +152,7 @@ def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDe
     except DispatchError as exc:
         record_failure(claim, row, exc, started, permanent=True)
         return None
-    return Prepared(spec, signal, sender, kwargs, event_info(row))
+    return Prepared(spec, signal, sender, kwargs, row)
 
 
 def _run_one(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
@@ -194,7 +179,7 @@ def call_receiver(ready: Prepared) -> BaseException | None:
     before = open_transactions()
     failure: BaseException | None = None
     try:
-        with running(ready.event):
+        with running(ready.row):
             spec = ready.spec
             _call(spec.func, spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
     except ReceiverTimeout as exc:
