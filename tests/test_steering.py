@@ -268,6 +268,18 @@ def test_current_event_is_right_on_the_first_try_on_a_retry_and_after_a_replay(d
     assert len(keys) == 2  # one key per event, through retry and replay
 
 
+def test_current_event_is_right_in_a_relayed_task(path):
+    pytest.importorskip("django_q")
+    from outbox.dispatch import django_q2
+    from tests.test_relay import queued_tasks, relay_once
+
+    send(looked, key="k", path=path)
+    relay_once()
+    [task] = queued_tasks()
+    assert django_q2.run_relayed(*task["args"]) == 2
+    check_seen(path, [1])
+
+
 # --- in real worker processes ----------------------------------------------------------
 
 
