@@ -7,11 +7,14 @@ worker (``python manage.py run_outbox``) calls the receiver once the row is comm
 
 from __future__ import annotations
 
+from .current import EventInfo, current_event
 from .exceptions import (
     DispatchError,
     OutboxError,
     PayloadTooLarge,
+    PermanentFailure,
     RegistrationError,
+    RetryAfter,
     SendFromAsyncContext,
     SerializationError,
     UnknownReceiver,
@@ -20,13 +23,17 @@ from .registry import connect, disconnect, receiver
 
 __all__ = [
     "DispatchError",
+    "EventInfo",
     "OutboxError",
     "PayloadTooLarge",
+    "PermanentFailure",
     "RegistrationError",
+    "RetryAfter",
     "SendFromAsyncContext",
     "SerializationError",
     "UnknownReceiver",
     "connect",
+    "current_event",
     "disconnect",
     "receiver",
 ]

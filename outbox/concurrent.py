@@ -34,6 +34,7 @@ from django.db import DatabaseError, connections
 from . import queries
 from .claims import FLUSH_AFTER, Claim
 from .coroutines import is_async
+from .current import enter
 from .execution import Prepared, ReceiverTimeout, call_receiver, decode_batch, prepare, record_failure
 from .overdue import Overdue
 from .registry import get_receiver
@@ -285,6 +286,9 @@ class Runner:
         """Run an async receiver as a task, cancelled at its timeout; note its outcome."""
         timeout = ready.spec.timeout
         failure: BaseException | None = None
+        # This task runs in a context of its own (a copy, taken when it was created), and
+        # the receiver's inner task copies it in turn: each sees its own event only.
+        enter(ready.row)
         try:
             coroutine = ready.spec.func(signal=ready.signal, sender=ready.sender, **ready.kwargs)
             if not timeout:

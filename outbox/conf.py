@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     # Retry delay: BACKOFF_BASE_SECONDS * 2 ** (attempt - 1), capped, with jitter.
     "BACKOFF_BASE_SECONDS": 2.0,
     "BACKOFF_MAX_SECONDS": 3600.0,
+    # The longest wait a receiver may ask for with ``raise outbox.RetryAfter(seconds)``;
+    # a longer request is clamped to it, with a warning.
+    "RETRY_AFTER_MAX_SECONDS": 86400.0,
     # How long a claimed event stays reserved for one worker before any worker may
     # take it again. A running worker extends it every LEASE_SECONDS / 3.
     "LEASE_SECONDS": 60.0,

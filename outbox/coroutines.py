@@ -25,7 +25,8 @@ from typing import Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
 
-from .exceptions import OutboxError
+from .current import running
+from .exceptions import OutboxError, PermanentFailure, RetryAfter
 
 __all__ = ["AwaitableReturned", "is_async", "refuse_awaitable", "run", "run_after_commit"]
 
@@ -127,18 +128,39 @@ def run_after_commit(func: Callable[..., Any], **kwargs: Any) -> None:
     is running cannot wait (that would block the loop): there, which is only possible with
     ``DJANGO_ALLOW_ASYNC_UNSAFE``, the receiver is scheduled on the loop as a task, and a
     failure is logged as Django logs a failing robust on_commit callback.
+
+    There is no event row here: ``outbox.current_event()`` is None (even when the commit
+    happens inside a deferred receiver), and a receiver raising ``RetryAfter`` or
+    ``PermanentFailure`` has nothing to steer, so that is only logged.
     """
-    if not is_async(func):
-        refuse_awaitable(func, func(**kwargs))
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        async_to_sync(func)(**kwargs)
-        return
-    task = loop.create_task(func(**kwargs))
+    with running(None):
+        try:
+            if not is_async(func):
+                refuse_awaitable(func, func(**kwargs))
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                async_to_sync(func)(**kwargs)
+                return
+            # Created inside running(None): the task copies this context, not the caller's.
+            task = loop.create_task(func(**kwargs))
+        except (RetryAfter, PermanentFailure) as exc:
+            _steering_ignored(_name(func), exc)
+            return
     _scheduled.add(task)
     task.add_done_callback(functools.partial(_finished, _name(func)))
+
+
+def _steering_ignored(name: str, exc: BaseException) -> None:
+    logger.warning(
+        "on_commit receiver %s raised %s (%s): on_commit receivers have no event to retry or "
+        "fail, so this is only logged",
+        name,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
 
 
 def _finished(name: str, task: asyncio.Task[Any]) -> None:
@@ -147,7 +169,9 @@ def _finished(name: str, task: asyncio.Task[Any]) -> None:
         logger.error("on_commit receiver %s was cancelled before it finished", name)
         return
     exc = task.exception()
-    if exc is not None:
+    if isinstance(exc, (RetryAfter, PermanentFailure)):
+        _steering_ignored(name, exc)
+    elif exc is not None:
         logger.error("Error calling %s in on_commit() (%s).", name, exc, exc_info=exc)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import signal as signals
 import threading
 import time
@@ -22,31 +21,27 @@ from django.db import connections
 
 from . import coroutines, queries
 from .claims import Claim
-from .conf import settings
+from .current import running
 from .decoding import PayloadDecoder
 from .exceptions import DispatchError, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
+from .retries import backoff_delay, next_attempt
 from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
 
-__all__ = ["Prepared", "ReceiverTimeout", "backoff_delay", "prepare", "record_failure", "run_claimed"]
+__all__ = [
+    "Prepared",
+    "ReceiverTimeout",
+    "backoff_delay",
+    "prepare",
+    "record_failure",
+    "run_claimed",
+]
 
 logger = logging.getLogger("outbox")
 
 
 class ReceiverTimeout(OutboxError):
     """A receiver ran longer than its ``timeout``."""
-
-
-def backoff_delay(attempts: int) -> float:
-    """Seconds before retry number ``attempts``: exponential, capped, with jitter.
-
-    The jitter draws from the upper half of the delay, so retries of events that failed
-    together spread out without any retrying much sooner than planned.
-    """
-    base, cap = settings.BACKOFF_BASE_SECONDS, settings.BACKOFF_MAX_SECONDS
-    # The exponent is capped: MAX_ATTEMPTS may be 2**31 - 1, and 2 ** 1024 is no float.
-    delay = min(cap, base * 2 ** min(max(attempts - 1, 0), 1000))
-    return random.uniform(delay / 2, delay)
 
 
 def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -> Claim:
@@ -120,12 +115,16 @@ def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: Payloa
 
 
 class Prepared:
-    """A row ready to call: its receiver, signal and decoded arguments."""
+    """A row ready to call: its receiver, signal, decoded arguments, and the claimed row
+    (what :func:`outbox.current_event` describes while it runs; None: no event)."""
 
-    __slots__ = ("kwargs", "sender", "signal", "spec")
+    __slots__ = ("kwargs", "row", "sender", "signal", "spec")
 
-    def __init__(self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any], row: queries.Claimed | None = None
+    ) -> None:
         self.spec, self.signal, self.sender, self.kwargs = spec, signal, sender, kwargs
+        self.row = row
 
 
 def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> Prepared | None:
@@ -153,7 +152,7 @@ def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDe
     except DispatchError as exc:
         record_failure(claim, row, exc, started, permanent=True)
         return None
-    return Prepared(spec, signal, sender, kwargs)
+    return Prepared(spec, signal, sender, kwargs, row)
 
 
 def _run_one(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
@@ -180,7 +179,9 @@ def call_receiver(ready: Prepared) -> BaseException | None:
     before = open_transactions()
     failure: BaseException | None = None
     try:
-        _call(ready.spec.func, ready.spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
+        with running(ready.row):
+            spec = ready.spec
+            _call(spec.func, spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
     except ReceiverTimeout as exc:
         _abandon_queries()
         failure = exc
@@ -224,16 +225,18 @@ def record_failure(
 ) -> None:
     """Record a failed attempt of ``row``: a retry after backoff, or failed for good when
     ``permanent`` or out of attempts; ``retry_in`` overrides the backoff. ``overdue``:
-    only store the error of a receiver still running past its timeout (outbox.concurrent)."""
+    only store the error of a receiver still running past its timeout (outbox.concurrent).
+
+    The receiver may steer this: :class:`~outbox.RetryAfter` sets the wait (within
+    ``RETRY_AFTER_MAX_SECONDS``, jitter only upwards), :class:`~outbox.PermanentFailure`
+    fails the event for good. Either is an attempt, so the last one fails as any failure.
+    """
     error = _error_text(exc)[:10000]
     trace = _traceback_text(exc)
     if overdue:
         claim.overdue(row.id, error, trace)
         return
-    if retry_in is None and not permanent and row.attempts < row.max_attempts:
-        retry_in = backoff_delay(row.attempts)
-    if permanent or row.attempts >= row.max_attempts:
-        retry_in = None
+    retry_in = next_attempt(row, exc, permanent, retry_in)
     claim.fail(row.id, error, trace, retry_in)
     outcome = "failed for good" if retry_in is None else f"failed, retry in {retry_in:.1f}s"
     logger.warning(

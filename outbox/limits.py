@@ -78,6 +78,7 @@ SETTINGS: dict[str, Range] = {
     "MAX_ATTEMPTS": Range(int, 1, MAX_INTEGER),
     "BACKOFF_BASE_SECONDS": _SECONDS,
     "BACKOFF_MAX_SECONDS": _SECONDS,
+    "RETRY_AFTER_MAX_SECONDS": _SECONDS,
     # A lease shorter than a second would be extended (or lost) several times a second.
     "LEASE_SECONDS": Range(float, 1, MAX_SECONDS, unit="seconds"),
     "RELAY_LEASE_SECONDS": Range(float, 1, MAX_SECONDS, unit="seconds"),

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from django.conf import settings as django_settings
 from django.db import connections
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .conf import settings
 
@@ -117,7 +118,12 @@ _SET_RUNNING = (
     "worker = %(worker)s"
 )
 _DUE = "status IN ('pending', 'running') AND available_at <= {now}"
-_RETURNING = "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt"
+# queue, ordering_key and created_at are for outbox.current_event(): read from the row the
+# UPDATE has in hand anyway, so they cost no lookup.
+_RETURNING = (
+    "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at"
+)
 
 # Per-key ordering: a keyed event is claimable only at the head of its key, when no
 # earlier event (lower id) of its receiver and key is unfinished: pending (a retry waiting
@@ -220,6 +226,29 @@ class Claimed:
     max_attempts: int
     #: Reclaimed after its worker died (or in hand since): run it alone (see claim()).
     alone: bool = False
+    queue: str = "default"
+    ordering_key: str | None = None
+    created_at: datetime.datetime | None = None
+
+
+def _claimed(connection: Any, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
+    """The rows of a claim's ``RETURNING`` (see _RETURNING), sorted by id."""
+    found = [Claimed(*row[:6], bool(row[6]), *row[7:]) for row in rows]
+    if connection.vendor != "postgresql":
+        # Raw SQL skips the ORM's converters: SQLite gives the stored text (UTC), or a
+        # naive datetime where its own converter applies.
+        for row in found:
+            row.created_at = _read_datetime(row.created_at)
+    found.sort(key=lambda row: row.id)
+    return found
+
+
+def _read_datetime(value: Any) -> datetime.datetime | None:
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if isinstance(value, datetime.datetime) and django_settings.USE_TZ and timezone.is_naive(value):
+        value = timezone.make_aware(value, datetime.timezone.utc)
+    return value
 
 
 def _notified_marker() -> None:
@@ -519,8 +548,7 @@ def claim(
             params.update({f"queue_{n}": queue for n, queue in enumerate(chosen)})
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = [Claimed(*row[:-1], bool(row[-1])) for row in cursor.fetchall()]
-    rows.sort(key=lambda row: row.id)
+        rows = _claimed(connection, cursor.fetchall())
     return token, rows
 
 
@@ -547,8 +575,7 @@ def take(
             f"WHERE {test} AND lease_token = %s AND status = 'running' {_RETURNING}",
             [token, *until_params, worker, *id_params, ticket],
         )
-        rows = [Claimed(*row[:-1], bool(row[-1])) for row in cursor.fetchall()]
-    rows.sort(key=lambda row: row.id)
+        rows = _claimed(connection, cursor.fetchall())
     return token, rows
 
 

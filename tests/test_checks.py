@@ -68,6 +68,7 @@ def test_a_receiver_not_importable_by_its_path_is_outbox_e003():
         ({"LEASE_SECONDS": "60"}, "positive number"),
         ({"POLL_INTERVAL": float("nan")}, "positive number"),
         ({"BATCH_SIZE": True}, "positive integer"),
+        ({"RETRY_AFTER_MAX_SECONDS": 0}, "positive number"),
         ({"DATABASE": 3}, "must be a string"),
     ],
 )

@@ -63,6 +63,8 @@ def test_a_max_attempts_setting_the_column_cannot_hold_fails_the_send_before_it_
         ("MAX_ATTEMPTS", NEVER),
         ("BACKOFF_BASE_SECONDS", 1e12),
         ("BACKOFF_MAX_SECONDS", float("inf")),
+        ("RETRY_AFTER_MAX_SECONDS", 1e12),
+        ("RETRY_AFTER_MAX_SECONDS", float("inf")),
         ("LEASE_SECONDS", 1e12),
         ("LEASE_SECONDS", 0.5),
         ("POLL_INTERVAL", 86400.5),
@@ -95,6 +97,7 @@ def test_the_largest_values_in_range_pass_the_check():
     largest = {
         "MAX_ATTEMPTS": 2**31 - 1,
         "BACKOFF_MAX_SECONDS": 315_360_000,
+        "RETRY_AFTER_MAX_SECONDS": 315_360_000,
         "LEASE_SECONDS": 1,
         "RELAY_LEASE_SECONDS": 315_360_000.0,
         "POLL_INTERVAL": 86400,
