@@ -339,3 +339,13 @@ def test_permanent_failure_in_a_worker_process_fails_at_once(concurrency, worker
     proc.signal()
     assert proc.wait() == 0, proc.output
     assert f"event {row.id} {GIVE_UP} failed for good" in proc.output
+
+
+def test_current_event_is_set_under_outbox_testing_drain(path):
+    # Users test their receivers with outbox.testing.drain(), which runs them in-process.
+    from outbox.testing import drain as testing_drain
+
+    send(looked, key="k", path=path)
+    ran = testing_drain()
+    assert len(ran) == 2 and all(r.ok for r in ran)
+    check_seen(path, [1])
