@@ -1,11 +1,13 @@
-"""Where an event goes: its queue, named at registration, and its ordering key, computed
-at send time.
+"""Where an event goes: its queue, named at registration, and its ordering and dedupe keys,
+computed at send time.
 
 A queue is a name a worker drains (``run_outbox --queue NAME``). An ordering key groups
 the events of one receiver that must run one at a time, in the order they were written:
 ``ordering_key=func`` is called in the sender's process, as ``func(sender, signal=...,
 **kwargs)``, the arguments a receiver gets, and returns a ``str``, an ``int`` or ``None``
-(unordered). What the claim does with the key is in :mod:`outbox.queries`.
+(unordered). What the claim does with the key is in :mod:`outbox.queries`. A
+``dedupe_key=func`` is called the same way and returns the same kinds of key: while an event
+of the receiver with that key is pending and never claimed, a new send writes no row.
 """
 
 from __future__ import annotations
@@ -39,8 +41,15 @@ def check_queue(name: Any) -> str:
     return name
 
 
-def ordering_key(func: Callable[..., Any], receiver: str, sender: Any, kwargs: dict[str, Any]) -> str | None:
-    """Call a receiver's ``ordering_key`` function for one send; return the key to store.
+def ordering_key(
+    func: Callable[..., Any],
+    receiver: str,
+    sender: Any,
+    kwargs: dict[str, Any],
+    option: str = "ordering_key",
+) -> str | None:
+    """Call a receiver's ``ordering_key`` (or other ``option``'s) function for one send;
+    return the key to store.
 
     An ``int`` is stored as its decimal string (so ``5`` and ``"5"`` are one key). Any
     other result, or a string the column cannot hold, raises :class:`SerializationError`
@@ -55,13 +64,13 @@ def ordering_key(func: Callable[..., Any], receiver: str, sender: Any, kwargs: d
         key = str(key) if abs(key) < 10**MAX_KEY_LENGTH else key  # str() of a huge int is slow
     else:
         raise SerializationError(
-            f"the ordering_key of {receiver} returned {type(key).__name__} {key!r:.80}; "
+            f"the {option} of {receiver} returned {type(key).__name__} {key!r:.80}; "
             f"it must return a str, an int or None"
         )
     if isinstance(key, int) or len(key) > MAX_KEY_LENGTH:
         raise SerializationError(
-            f"the ordering_key of {receiver} returned a key longer than {MAX_KEY_LENGTH} characters"
+            f"the {option} of {receiver} returned a key longer than {MAX_KEY_LENGTH} characters"
         )
     if "\x00" in key:
-        raise SerializationError(f"the ordering_key of {receiver} returned a key with a NUL character")
+        raise SerializationError(f"the {option} of {receiver} returned a key with a NUL character")
     return key
