@@ -329,7 +329,8 @@ def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payloa
         and any(func is _notified_marker for _, func, _ in connection.run_on_commit)
     )
     with connection.cursor() as cursor:
-        cursor.execute(_postgresql_insert(cursor.cursor.connection, signal, receivers, payload, notify) + conflict)
+        statement = _postgresql_insert(cursor.cursor.connection, signal, receivers, payload, notify)
+        cursor.execute(statement + conflict)
     if notify and connection.in_atomic_block:
         connection.on_commit(_notified_marker)
 

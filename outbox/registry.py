@@ -329,7 +329,8 @@ class _RunOnCommit:
         self.when = when
 
     def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
-        if self.when is not None and not _wanted(self.when, _path_of(self.func), sender, {"signal": signal, **kwargs}):
+        arguments = {"signal": signal, **kwargs}
+        if self.when is not None and not _wanted(self.when, _path_of(self.func), sender, arguments):
             return
         call = _Call(self.func, signal, sender, kwargs)
         with asend_hint(lambda: _name_if_any(signal)):
