@@ -245,6 +245,21 @@ def test_a_replayed_event_beside_a_newer_pending_row_of_the_key(connect):
     assert len(rows()) == 2
 
 
+def test_dedupe_beside_an_ordering_key_and_a_delay_in_one_statement(connect, drain):
+    """The keyed form of the INSERT (advisory locks first, on PostgreSQL) coalesces too."""
+    connect(steered, st.sync_account, ordering_key=st.by_product, dedupe_key=st.by_product, delay=0.5)
+    connect(steered, st.ungated)
+    with transaction.atomic():
+        for product in (5, 6, 5, 6, 5):
+            steered.send(sender=None, product=product)
+    keyed = rows("tests.testapp.steered.sync_account")
+    assert [(e.ordering_key, e.dedupe_key) for e in keyed] == [("5", "5"), ("6", "6")]
+    assert len(rows(UNGATED)) == 5
+    wait_for(lambda: queries.database_now("default") >= keyed[-1].available_at, timeout=10)
+    drain()
+    assert sorted(c[2]["product"] for c in calls("sync_account")) == [5, 6]
+
+
 def test_a_rolled_back_send_does_not_hold_the_key(connect):
     connect(steered, st.reindex, dedupe_key=st.by_product)
     with pytest.raises(RuntimeError), transaction.atomic():

@@ -60,3 +60,7 @@ def reindex(sender, product=None, **kwargs):
 
 def reindex_too(sender, product=None, **kwargs):
     CALLS.append(("reindex_too", sender, {"product": product}))
+
+
+def sync_account(sender, product=None, **kwargs):
+    CALLS.append(("sync_account", sender, {"product": product}))
