@@ -14,9 +14,10 @@ from django.test.utils import CaptureQueriesContext
 import outbox
 from outbox import operations, queries
 from outbox.exceptions import RegistrationError, SerializationError
+from outbox.listener import Listener
 from outbox.models import Event
 from outbox.registry import registry
-from tests.conftest import calls, wait_for
+from tests.conftest import calls, postgres_only, wait_for
 from tests.testapp import steered as st
 from tests.testapp.models import Person
 from tests.testapp.signals import steered
@@ -320,6 +321,31 @@ def test_concurrent_senders_of_one_key_never_raise_and_leave_one_row(connect, fi
     second.join(20)
     assert results == {"first": "ok", "second": "ok"}
     assert len(rows(status=S.PENDING)) == 1
+
+
+@postgres_only
+def test_skipped_and_delayed_rows_leave_the_wake_up_working(connect):
+    connect(steered, st.gated, when=st.go)
+    connect(steered, st.reindex, dedupe_key=st.by_product, delay=3600)
+    steered.send(sender=None, go=False, product=5)  # the one fresh row of key 5
+    listener = Listener("default", "outbox")
+    try:
+        assert listener.arm() is True
+        with transaction.atomic():
+            steered.send(sender=None, go=False, product=5)  # coalesced: nothing written
+            steered.send(sender=None, go=True, product=5)  # the gated row is written
+        assert listener.wait(5) is True
+        assert len(rows(GATED)) == 1 and len(rows(REINDEX)) == 1
+    finally:
+        listener.close()
+
+
+def test_a_turned_away_send_does_not_encode_its_arguments(connect):
+    connect(steered, st.gated, when=st.go)
+    steered.send(sender=None, go=False, unencodable=object())
+    with pytest.raises(SerializationError):
+        steered.send(sender=None, go=True, unencodable=object())
+    assert rows() == []
 
 
 # --- refused at registration, and at send before any SQL ------------------------------
