@@ -257,8 +257,9 @@ def get_signal(name: str) -> Signal | None:
 class _DeferToOutbox:
     """Connected to a signal, once per sender, in place of its deferred receivers.
 
-    A send encodes the arguments once and writes one row per receiver, in the order they
-    were connected, in one INSERT (queries.insert_events).
+    A send asks each receiver's ``when`` first (the receivers it turns away get no row), then
+    encodes the arguments once and writes one row per remaining receiver, in the order they
+    were connected, in one INSERT (queries.insert_events), with their delays and keys.
     """
 
     #: The dispatch_uid of every proxy: Django keeps one per signal and sender.
