@@ -36,8 +36,6 @@ DELIVERIES = ("outbox", "on_commit")
 
 #: A receiver's timeout= is armed with setitimer, which overflows long before timedelta does.
 _TIMEOUT = limits.Range(float, 0, limits.MAX_SECONDS, above=True, unit="seconds")
-#: A receiver's delay= is added to "now" in a timestamp column: ten years at most, as timeouts.
-_DELAY = limits.Range(float, 0, limits.MAX_SECONDS, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -275,7 +273,7 @@ class _DeferToOutbox:
         specs = [
             spec
             for spec in self.specs.values()
-            if spec.when is None or _wanted(spec.when, spec.path, sender, arguments)
+            if spec.when is None or routing.wanted(spec.when, spec.path, sender, arguments)
         ]
         if not specs:
             return
@@ -310,18 +308,6 @@ def _path_of(func: Callable[..., Any]) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)!s}"
 
 
-def _wanted(when: Callable[..., Any], path: str, sender: Any, arguments: dict[str, Any]) -> bool:
-    """The receiver's ``when`` predicate for this send. It runs before any SQL of the send,
-    so an exception it raises leaves the sender's transaction as it was; it propagates
-    unchanged (the user's own error, for the user's handlers), with a note naming the
-    receiver."""
-    try:
-        return bool(when(sender, **arguments))
-    except Exception as exc:
-        exc.add_note(f"raised by the when= predicate of outbox receiver {path}")
-        raise
-
-
 class _RunOnCommit:
     """Connected to the signal in place of an on_commit receiver."""
 
@@ -331,7 +317,7 @@ class _RunOnCommit:
 
     def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
         arguments = {"signal": signal, **kwargs}
-        if self.when is not None and not _wanted(self.when, _path_of(self.func), sender, arguments):
+        if self.when is not None and not routing.wanted(self.when, _path_of(self.func), sender, arguments):
             return
         call = _Call(self.func, signal, sender, kwargs)
         with asend_hint(lambda: _name_if_any(signal)):
@@ -417,10 +403,7 @@ def connect(
     for name, value in (("ordering_key", ordering_key), ("when", when), ("dedupe_key", dedupe_key)):
         if value is not None and not callable(value):
             raise RegistrationError(f"{name} must be a function of (sender, **kwargs): {value!r}")
-    if isinstance(delay, datetime.timedelta):
-        delay = delay.total_seconds()
-    if delay is not None and not _DELAY.holds(delay):
-        raise RegistrationError(f"delay must be {_DELAY.describe()} or a timedelta as long, not {delay!r}")
+    delay = routing.check_delay(delay)
     # Refused here, not by the column at send time (which aborts the sender's transaction).
     if max_attempts is not None and not limits.SETTINGS["MAX_ATTEMPTS"].holds(max_attempts):
         raise RegistrationError(
@@ -438,7 +421,7 @@ def connect(
             queue,
             ordering_key,
             when,
-            float(delay) if delay else None,
+            delay,
             dedupe_key,
         )
         registry.add_receiver(spec)

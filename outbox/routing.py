@@ -12,13 +12,23 @@ of the receiver with that key is pending and never claimed, a new send writes no
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable
 from typing import Any
 
+from . import limits
 from .exceptions import RegistrationError, SerializationError
 
-__all__ = ["DEFAULT_QUEUE", "MAX_KEY_LENGTH", "check_queue", "ordering_key", "valid_queue"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "MAX_KEY_LENGTH",
+    "check_delay",
+    "check_queue",
+    "ordering_key",
+    "valid_queue",
+    "wanted",
+]
 
 #: The queue of receivers that name none, and of rows written before queues existed.
 DEFAULT_QUEUE = "default"
@@ -27,6 +37,8 @@ MAX_KEY_LENGTH = 255
 # Identifier-like, so a name is safe on a command line, in a URL and in a log line.
 _QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 QUEUE_RULE = "1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+#: A delay is added to "now" in a timestamp column: ten years at most, as timeouts are.
+DELAY = limits.Range(float, 0, limits.MAX_SECONDS, unit="seconds")
 
 
 def valid_queue(name: Any) -> bool:
@@ -74,3 +86,26 @@ def ordering_key(
     if "\x00" in key:
         raise SerializationError(f"the {option} of {receiver} returned a key with a NUL character")
     return key
+
+
+def check_delay(delay: Any) -> float | None:
+    """A receiver's ``delay=`` (seconds, or a ``timedelta``) as seconds, None for none; else
+    raise :class:`RegistrationError` at registration, never a bad timestamp at send."""
+    seconds = delay.total_seconds() if isinstance(delay, datetime.timedelta) else delay
+    if seconds is not None and not DELAY.holds(seconds):
+        raise RegistrationError(f"delay must be {DELAY.describe()} or a timedelta as long, not {delay!r}")
+    return float(seconds) if seconds else None
+
+
+def wanted(when: Callable[..., Any], receiver: str, sender: Any, kwargs: dict[str, Any]) -> bool:
+    """Call a receiver's ``when`` predicate for one send: true if the send is for it.
+
+    It runs before any SQL of the send, so an exception it raises leaves the sender's
+    transaction as it was. The exception propagates unchanged (the user's own error, for
+    the user's own handlers) with a note naming the receiver.
+    """
+    try:
+        return bool(when(sender, **kwargs))
+    except Exception as exc:
+        exc.add_note(f"raised by the when= predicate of outbox receiver {receiver}")
+        raise
