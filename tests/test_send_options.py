@@ -205,6 +205,19 @@ def test_keys_are_per_receiver(connect):
     assert sorted(e.receiver for e in rows()) == [REINDEX, REINDEX_TOO, UNGATED, UNGATED, UNGATED]
 
 
+def test_one_receiver_twice_in_one_send_coalesces_within_the_statement():
+    outbox.connect(steered, st.reindex, dedupe_key=st.by_product, dispatch_uid="one")
+    outbox.connect(steered, st.reindex, dedupe_key=st.by_product, dispatch_uid="two")
+    try:
+        steered.send(sender=None, product=5)
+        steered.send(sender=None, product=5)
+    finally:
+        outbox.disconnect(steered, dispatch_uid="one")
+        outbox.disconnect(steered, dispatch_uid="two")
+        registry.receivers.pop(REINDEX, None)
+    assert [e.receiver for e in rows()] == [REINDEX]
+
+
 def test_once_a_worker_has_taken_the_event_a_new_send_writes_a_new_row(connect):
     connect(steered, st.reindex, dedupe_key=st.by_product)
     steered.send(sender=None, product=5)
