@@ -141,7 +141,7 @@ class EventAdmin(admin.ModelAdmin):
     actions = ("replay", "discard")
     fieldsets = (
         (None, {"fields": ("id", "status_badge", "signal", "receiver", "references")}),
-        (_("Routing"), {"fields": ("queue", "ordering_key", "key_detail")}),
+        (_("Routing"), {"fields": ("queue", "ordering_key", "key_detail", "dedupe_key")}),
         (
             _("Attempts"),
             {

@@ -49,6 +49,11 @@ class Event(models.Model):
     ordering_key = models.CharField(  # noqa: DJ001 - NULL: unordered, and out of the key index
         max_length=255, null=True, blank=True, help_text=_("Runs after the earlier events of its key.")
     )
+    # Coalescing (connect(dedupe_key=...)): unique per receiver among fresh rows, pending and
+    # never claimed (outbox_event_dedupe; queries.DEDUPE_CONFLICT says why "never claimed").
+    dedupe_key = models.CharField(  # noqa: DJ001 - NULL: not coalesced, and out of the index
+        max_length=255, null=True, blank=True, help_text=_("Not sent again while this is pending.")
+    )
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -94,6 +99,17 @@ class Event(models.Model):
                 fields=["status", "finished_at", "id"],
                 name="outbox_event_finished",
                 condition=models.Q(status="done") | models.Q(status="failed") | models.Q(status="discarded"),
+            ),
+        ]
+        constraints = [
+            # Serves coalescing: INSERT ... ON CONFLICT DO NOTHING (queries.DEDUPE_CONFLICT)
+            # skips a send whose receiver and key a fresh row holds. Only rows that carry a
+            # key and were never claimed are in it, so claiming takes a row out, and no
+            # worker's UPDATE (retry, hand-back) can put one back in.
+            models.UniqueConstraint(
+                fields=["receiver", "dedupe_key"],
+                name="outbox_event_dedupe",
+                condition=models.Q(batch_attempt__isnull=True, dedupe_key__isnull=False, status="pending"),
             ),
         ]
 

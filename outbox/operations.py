@@ -119,6 +119,9 @@ def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bo
             available_at=queries.database_now(queryset.db),
             lease_token=None,
             finished_at=None,
+            # Out of outbox_event_dedupe for good, as after any claim: a newer pending row
+            # of its dedupe key may hold the key now (queries.DEDUPE_CONFLICT).
+            batch_attempt=False,
         )
     )
     queries.unpark(queryset.db)  # what a replayed failed event blocked may run after it

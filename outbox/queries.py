@@ -33,6 +33,7 @@ from .conf import settings
 __all__ = [
     "CLAIM_POSTGRESQL",
     "COMPLETE_POSTGRESQL",
+    "DEDUPE_CONFLICT",
     "Claimed",
     "HEAD_OF_KEY",
     "HEAD_OF_KEY_POSTGRESQL",
@@ -58,13 +59,36 @@ __all__ = [
 TABLE = "outbox_event"
 _COLUMNS = (
     "signal, receiver, payload, status, attempts, max_attempts, available_at, worker, "
-    "created_at, last_error, last_traceback, queue, ordering_key"
+    "created_at, last_error, last_traceback, queue, ordering_key, dedupe_key"
 )
 
 # The values of a new event, in _COLUMNS order: signal, receiver, payload, max_attempts,
-# available_at, created_at, queue, ordering_key (PostgreSQL: see _postgresql_insert(),
-# which uses its clock).
-_VALUES = "%s, %s, %s, 'pending', 0, %s, {available}, '', %s, '', '', %s, %s"
+# available_at, created_at, queue, ordering_key, dedupe_key (PostgreSQL: see
+# _postgresql_insert(), which uses its clock).
+_VALUES = "%s, %s, %s, 'pending', 0, %s, {available}, '', %s, '', '', %s, %s, %s"
+
+# Coalescing (connect(dedupe_key=...)): a row whose receiver and dedupe key are already
+# held by a fresh row (pending, never claimed) is not written, and the statement goes on;
+# no unique violation reaches the sender's transaction. The conflict target is the partial
+# unique index outbox_event_dedupe; its WHERE is spelled exactly as the index's (SQLite
+# matches a partial index's predicate term by term, in order).
+#
+# Why "never claimed" (batch_attempt IS NULL) and not only "pending": rows return to
+# pending after a claim (a retry, record_failure; a hand-back, release; a replay), and a
+# newer fresh row of their key may have been written meanwhile. Were those rows still
+# covered, the worker's UPDATE would raise a unique violation. Every claim sets
+# batch_attempt, and nothing sets it back to NULL (replay sets it false), so a row leaves
+# the index for good when a worker first takes it: a new send then writes a new row.
+#
+# Between concurrent senders on PostgreSQL (READ COMMITTED), the second INSERT of a key
+# finds the first's uncommitted index entry and waits for that transaction: if it
+# commits, DO NOTHING; if it rolls back, the row is written. Never both, never an error.
+# (Under REPEATABLE READ or SERIALIZABLE, PostgreSQL raises a serialization failure
+# instead of waiting it out, as it does for any write conflict at those levels.)
+DEDUPE_CONFLICT = (
+    " ON CONFLICT (receiver, dedupe_key) "
+    "WHERE batch_attempt IS NULL AND dedupe_key IS NOT NULL AND status = 'pending' DO NOTHING"
+)
 
 #: The ``available_at`` of a parked event: pending behind a ``failed`` event of its key, so
 #: never due until unpark() (after that event is replayed, discarded or pruned). It keeps
@@ -94,6 +118,10 @@ class NewEvent(NamedTuple):
     max_attempts: int
     queue: str = "default"
     ordering_key: str | None = None
+    #: Seconds from now (by the clock of due times) to its first attempt; None or 0: now.
+    delay: float | None = None
+    #: Not written while a fresh row of its receiver holds this key (DEDUPE_CONFLICT).
+    dedupe_key: str | None = None
 
 
 # "Now" and "lease_seconds from now" in SQL: the database's clock on PostgreSQL (see the
@@ -298,31 +326,40 @@ def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payloa
     On PostgreSQL the first INSERT of a transaction also decides, in the same statement,
     whether to ``pg_notify``: at most one NOTIFY per transaction, none when no worker
     waits for one, and no extra round trip. A keyed event whose key is blocked by a
-    ``failed`` event is written parked (see :data:`PARKED`).
+    ``failed`` event is written parked (see :data:`PARKED`); a delayed one is due ``delay``
+    seconds after the statement (its key's later events wait behind it, in id order); one
+    with a dedupe key is skipped while a fresh row holds its key (:data:`DEDUPE_CONFLICT`).
+    No receivers: no statement.
     """
     receivers = [NewEvent(*row) for row in receivers]
+    if not receivers:
+        return
     connection = connections[alias]
+    conflict = DEDUPE_CONFLICT if any(row.dedupe_key is not None for row in receivers) else ""
     if connection.vendor != "postgresql":
-        when, park_at = _adapt(connection, timezone.now()), _adapt(connection, parked())
+        now = timezone.now()
+        when, park_at = _adapt(connection, now), _adapt(connection, parked())
         rows, params = [], []
-        for receiver, max_attempts, queue, key in receivers:
+        for receiver, max_attempts, queue, key, delay, dedupe in receivers:
+            due = _adapt(connection, now + datetime.timedelta(seconds=delay)) if delay else when
             if key is None:
                 rows.append(f"({_VALUES.format(available='%s')})")
-                params += [signal, receiver, payload, max_attempts, when, when, queue, key]
+                params += [signal, receiver, payload, max_attempts, due, when, queue, key, dedupe]
             else:
                 park = _PARK_IF_BLOCKED.format(receiver="%s", key="%s", parked="%s", now="%s")
                 rows.append(f"({_VALUES.format(available=park)})")
-                params += [signal, receiver, payload, max_attempts, receiver, key, park_at, when]
-                params += [when, queue, key]
+                params += [signal, receiver, payload, max_attempts, receiver, key, park_at, due]
+                params += [when, queue, key, dedupe]
         with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join(rows)}", params)
+            cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join(rows)}{conflict}", params)
         return
     notify = not (
         connection.in_atomic_block
         and any(func is _notified_marker for _, func, _ in connection.run_on_commit)
     )
     with connection.cursor() as cursor:
-        cursor.execute(_postgresql_insert(cursor.cursor.connection, signal, receivers, payload, notify))
+        statement = _postgresql_insert(cursor.cursor.connection, signal, receivers, payload, notify)
+        cursor.execute(statement + conflict)
     if notify and connection.in_atomic_block:
         connection.on_commit(_notified_marker)
 
@@ -336,9 +373,13 @@ def insert_event(
     *,
     queue: str = "default",
     ordering_key: str | None = None,
+    delay: float | None = None,
+    dedupe_key: str | None = None,
 ) -> None:
     """Write one pending event: :func:`insert_events` for one receiver."""
-    insert_events(alias, signal, [NewEvent(receiver, max_attempts, queue, ordering_key)], payload)
+    insert_events(
+        alias, signal, [NewEvent(receiver, max_attempts, queue, ordering_key, delay, dedupe_key)], payload
+    )
 
 
 def _postgresql_insert(
@@ -361,22 +402,27 @@ def _postgresql_insert(
     payload_value = f"{quoted}::jsonb, "  # no str.format() past this point: JSON has braces
     rows: list[str] = []
     locks: set[tuple[int, int]] = set()
-    for receiver, max_attempts, queue, key in receivers:
+    for receiver, max_attempts, queue, key, delay, dedupe in receivers:
         # last_error is ''. In the first row of a transaction's first INSERT, the expression
         # that decides whether to NOTIFY (and does) computes it: cheaper than a CTE.
         last_error = _wake(pg) if notify and not rows else "''"
         head = _row_head(pg, signal, receiver, int(max_attempts))
+        due = f"{_PG_NOW} + {float(delay)!r} * interval '1 second'" if delay else _PG_NOW
         if key is None:
-            available, key_value = _PG_NOW, "NULL"
+            available, key_value = due, "NULL"
         else:
             quoted_key = _quote(pg, key)
             park = _PARK_IF_BLOCKED.format(
-                receiver=_literal(pg, receiver), key=quoted_key, parked=_PG_PARKED, now=_PG_NOW
+                receiver=_literal(pg, receiver), key=quoted_key, parked=_PG_PARKED, now=due
             )
             available, key_value = park, quoted_key
             locks.add(key_lock(receiver, key))
         queue_value = _queue_literal(pg, queue)
-        rows.append(f"{head}{last_error}, {payload_value}{available}, {_PG_NOW}, {queue_value}, {key_value})")
+        dedupe_value = "NULL" if dedupe is None else _quote(pg, dedupe)
+        rows.append(
+            f"{head}{last_error}, {payload_value}{available}, {_PG_NOW}, {queue_value}, {key_value}, "
+            f"{dedupe_value})"
+        )
     if not locks:
         return f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {', '.join(rows)}"
     # Sorted, so two statements locking the same keys cannot deadlock each other.
@@ -425,7 +471,7 @@ def _queue_literal(pg: Any, queue: str) -> str:
 
 _POSTGRESQL_COLUMNS = (
     "signal, receiver, status, attempts, max_attempts, worker, last_traceback, last_error, payload, "
-    "available_at, created_at, queue, ordering_key"
+    "available_at, created_at, queue, ordering_key, dedupe_key"
 )
 _row_heads: dict[tuple[str, str, int], str] = {}
 

@@ -9,6 +9,7 @@ finds receivers and signals here by name, so only what this process registered c
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import re
 import sys
@@ -48,6 +49,12 @@ class ReceiverSpec:
     queue: str = routing.DEFAULT_QUEUE
     #: Called at send time for the event's ordering key (outbox.routing.ordering_key).
     ordering_key: Callable[..., Any] | None = None
+    #: Called at send time, as ordering_key is: a false result writes no row.
+    when: Callable[..., Any] | None = None
+    #: Seconds from the send to the first attempt (None: at once).
+    delay: float | None = None
+    #: Called at send time for the event's dedupe key (coalescing: see connect()).
+    dedupe_key: Callable[..., Any] | None = None
 
 
 class Registry:
@@ -156,11 +163,18 @@ class Registry:
                 f"two different functions claim the receiver path {spec.path!r}: one defined at "
                 f"{_origin(old.func)}, the other at {_origin(spec.func)}; rename one of them"
             )
-        elif (old.max_attempts, old.timeout, old.queue) != (spec.max_attempts, spec.timeout, spec.queue) or (
-            (old.ordering_key is None) != (spec.ordering_key is None)
+        elif (old.max_attempts, old.timeout, old.queue, old.delay) != (
+            spec.max_attempts,
+            spec.timeout,
+            spec.queue,
+            spec.delay,
+        ) or any(
+            (getattr(old, name) is None) != (getattr(spec, name) is None)
+            for name in ("ordering_key", "when", "dedupe_key")
         ):
             raise RegistrationError(
-                f"{spec.path} is connected twice with different max_attempts, timeout, queue or ordering_key"
+                f"{spec.path} is connected twice with different max_attempts, timeout, queue, delay, "
+                f"ordering_key, when or dedupe_key"
             )
         else:  # the same function re-imported (importlib.reload, autoreload)
             self.receivers[spec.path] = spec
@@ -241,8 +255,9 @@ def get_signal(name: str) -> Signal | None:
 class _DeferToOutbox:
     """Connected to a signal, once per sender, in place of its deferred receivers.
 
-    A send encodes the arguments once and writes one row per receiver, in the order they
-    were connected, in one INSERT (queries.insert_events).
+    A send asks each receiver's ``when`` first (the receivers it turns away get no row), then
+    encodes the arguments once and writes one row per remaining receiver, in the order they
+    were connected, in one INSERT (queries.insert_events), with their delays and keys.
     """
 
     #: The dispatch_uid of every proxy: Django keeps one per signal and sender.
@@ -253,7 +268,13 @@ class _DeferToOutbox:
         self.specs: dict[Any, ReceiverSpec] = {}  # by the receiver's dispatch_uid
 
     def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
-        specs = self.specs.values()
+        arguments = {"signal": signal, **kwargs}
+        # when= first: a send that no receiver wants costs no encoding and no statement.
+        specs = [
+            spec
+            for spec in self.specs.values()
+            if spec.when is None or routing.wanted(spec.when, spec.path, sender, arguments)
+        ]
         if not specs:
             return
         try:
@@ -271,7 +292,11 @@ class _DeferToOutbox:
                 spec.queue,
                 None
                 if spec.ordering_key is None
-                else routing.ordering_key(spec.ordering_key, spec.path, sender, {"signal": signal, **kwargs}),
+                else routing.ordering_key(spec.ordering_key, spec.path, sender, arguments),
+                spec.delay,
+                None
+                if spec.dedupe_key is None
+                else routing.ordering_key(spec.dedupe_key, spec.path, sender, arguments, "dedupe_key"),
             )
             for spec in specs
         ]
@@ -279,13 +304,21 @@ class _DeferToOutbox:
             queries.insert_events(_database(kwargs), self.signal_name, rows, payload)
 
 
+def _path_of(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)!s}"
+
+
 class _RunOnCommit:
     """Connected to the signal in place of an on_commit receiver."""
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    def __init__(self, func: Callable[..., Any], when: Callable[..., Any] | None = None) -> None:
         self.func = func
+        self.when = when
 
     def __call__(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
+        arguments = {"signal": signal, **kwargs}
+        if self.when is not None and not routing.wanted(self.when, _path_of(self.func), sender, arguments):
+            return
         call = _Call(self.func, signal, sender, kwargs)
         with asend_hint(lambda: _name_if_any(signal)):
             transaction.on_commit(call, using=_database(kwargs), robust=True)
@@ -339,6 +372,9 @@ def connect(
     timeout: float | None = None,
     queue: str | None = None,
     ordering_key: Callable[..., Any] | None = None,
+    when: Callable[..., Any] | None = None,
+    delay: float | datetime.timedelta | None = None,
+    dedupe_key: Callable[..., Any] | None = None,
 ) -> None:
     """Connect ``func`` to ``signal`` (or a list of signals) with deferred delivery.
 
@@ -348,16 +384,26 @@ def connect(
     to outbox delivery, and so do ``queue`` (the queue its events are written to, default
     ``"default"``) and ``ordering_key`` (``func(sender, signal=..., **kwargs)`` returning a
     str, int or None: events of one receiver and key run one at a time, in send order).
+
+    ``when`` (``func(sender, signal=..., **kwargs)``, called at send time, also for
+    on_commit) decides whether this send is for the receiver at all: false writes no row.
+    ``delay`` (seconds or a timedelta, from 0 to ten years) holds the event's first attempt
+    back until that long after the send. ``dedupe_key`` (called as ``ordering_key`` is)
+    coalesces sends: while an event of the receiver with the same key is pending and no
+    worker has taken it yet, a new send writes no row.
     """
     if delivery not in DELIVERIES:
         raise RegistrationError(f"delivery must be one of {DELIVERIES}, not {delivery!r}")
-    if delivery == "on_commit" and (queue is not None or ordering_key is not None):
+    if delivery == "on_commit" and any(x is not None for x in (queue, ordering_key, delay, dedupe_key)):
         raise RegistrationError(
-            "queue and ordering_key apply to delivery='outbox' only: an on_commit receiver runs in "
-            "the sender's process right after commit, with no queue and no worker to order it"
+            "queue, ordering_key, delay and dedupe_key apply to delivery='outbox' only: an on_commit "
+            "receiver runs in the sender's process right after commit, with no row, no queue and no "
+            "worker to order, delay or coalesce it"
         )
-    if ordering_key is not None and not callable(ordering_key):
-        raise RegistrationError(f"ordering_key must be a function of (sender, **kwargs): {ordering_key!r}")
+    for name, value in (("ordering_key", ordering_key), ("when", when), ("dedupe_key", dedupe_key)):
+        if value is not None and not callable(value):
+            raise RegistrationError(f"{name} must be a function of (sender, **kwargs): {value!r}")
+    delay = routing.check_delay(delay)
     # Refused here, not by the column at send time (which aborts the sender's transaction).
     if max_attempts is not None and not limits.SETTINGS["MAX_ATTEMPTS"].holds(max_attempts):
         raise RegistrationError(
@@ -367,7 +413,17 @@ def connect(
         raise RegistrationError(f"timeout must be {_TIMEOUT.describe()}, not {timeout!r}")
     if delivery == "outbox":
         queue = routing.DEFAULT_QUEUE if queue is None else routing.check_queue(queue)
-        spec = ReceiverSpec(receiver_path(func), func, max_attempts, timeout, queue, ordering_key)
+        spec = ReceiverSpec(
+            receiver_path(func),
+            func,
+            max_attempts,
+            timeout,
+            queue,
+            ordering_key,
+            when,
+            delay,
+            dedupe_key,
+        )
         registry.add_receiver(spec)
     uid = _uid(func, dispatch_uid, delivery)
     for one in _signals(signal):
@@ -376,7 +432,7 @@ def connect(
         if delivery == "outbox":
             registry.defer(one, sender, uid, spec)
         else:
-            one.connect(_RunOnCommit(func), sender=sender, weak=False, dispatch_uid=uid)
+            one.connect(_RunOnCommit(func, when), sender=sender, weak=False, dispatch_uid=uid)
 
 
 def disconnect(

@@ -17,11 +17,15 @@ def _mail(to, subject, body):
     send_mail(subject, body, None, [to])
 
 
-@outbox.receiver(post_save, sender=get_user_model())
+def _created(sender, created, **kwargs):
+    # Checked at send time: a later save of the user writes no event at all.
+    return created
+
+
+@outbox.receiver(post_save, sender=get_user_model(), when=_created)
 def send_welcome_email(sender, instance, created, **kwargs):
     """Deferred: a new user gets a welcome email, only once the signup committed."""
-    if created:
-        _mail(instance.email, "Welcome!", f"Hello {instance.username}, welcome aboard.")
+    _mail(instance.email, "Welcome!", f"Hello {instance.username}, welcome aboard.")
 
 
 @outbox.receiver(followed)
@@ -31,11 +35,14 @@ def email_follow_notification(sender, followed, **kwargs):
     _mail(followed.user.email, f"{name} followed you", f"{name} is now following you.")
 
 
-@outbox.receiver(m2m_changed, sender=Profile.following.through)
+def _after_change(sender, action, **kwargs):
+    # m2m_changed is sent before and after each change: only the "after" ones write an event.
+    return action in ("post_add", "post_remove", "post_clear")
+
+
+@outbox.receiver(m2m_changed, sender=Profile.following.through, when=_after_change)
 def count_followers(sender, instance, action, reverse, pk_set, **kwargs):
     """Deferred, idempotent: recounts rather than increments, so a retry is harmless."""
-    if action not in ("post_add", "post_remove", "post_clear"):
-        return
     if reverse:
         targets = [instance]
     elif pk_set is None:  # post_clear: pk_set is None; recount everyone
