@@ -1,7 +1,7 @@
 """Receivers of the demo. None of them runs inside the request's transaction."""
 
 from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage
 from django.db.models.signals import m2m_changed, post_save
 
 import outbox
@@ -14,7 +14,11 @@ def _mail(to, subject, body):
     # The demo's mail server refuses one domain, so that some events fail and retry.
     if to.endswith("@invalid"):
         raise ConnectionError(f"the mail server refused {to}")
-    send_mail(subject, body, None, [to])
+    # The event's idempotency key is the same on every retry and replay of this event:
+    # a mail provider that honours such a header sends the message once.
+    event = outbox.current_event()
+    headers = {"Idempotency-Key": event.idempotency_key} if event is not None else {}
+    EmailMessage(subject, body, None, [to], headers=headers).send()
 
 
 def _created(sender, created, **kwargs):

@@ -24,8 +24,10 @@ class WelcomeEmailTests(TestCase):
 
     def test_the_welcome_email_goes_out_when_the_event_runs(self):
         User.objects.create_user("ada", "ada@example.com")
-        testing.drain()
+        [ran] = testing.drain()
         self.assertEqual([m.to for m in mail.outbox], [["ada@example.com"]])
+        # outbox.current_event() gave the receiver its event's idempotency key.
+        self.assertEqual(mail.outbox[0].extra_headers["Idempotency-Key"], f"outbox-{ran.id}")
 
     def test_a_refused_address_fails_with_the_mail_servers_error(self):
         User.objects.create_user("bo", "bo@invalid")
