@@ -26,7 +26,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from django.db import DatabaseError, connections
@@ -35,7 +34,15 @@ from . import queries
 from .claims import FLUSH_AFTER, Claim
 from .coroutines import is_async
 from .current import enter
-from .execution import Prepared, ReceiverTimeout, call_receiver, decode_batch, prepare, record_failure
+from .execution import (
+    Prepared,
+    ReceiverTimeout,
+    begin_alone,
+    call_receiver,
+    decode_batch,
+    prepare,
+    record_failure,
+)
 from .overdue import Overdue
 from .registry import get_receiver
 
@@ -226,12 +233,11 @@ class Runner:
         started = time.perf_counter()
         recorded = False
         if row.alone:
-            attempts = claim.run_alone(row.id)
-            if attempts is None:  # its lease was lost meanwhile: another worker holds it
+            alone = begin_alone(claim, row)
+            if alone is None:
                 self._noted(claim, row, False, recorded=True)
                 return
-            logger.info("event %d was in a batch whose worker died: run alone (attempt %d)", row.id, attempts)
-            row, recorded = replace(row, attempts=attempts), True
+            row, recorded = alone, True
         ready = prepare(claim, row, payload, decoder)
         if ready is None:
             self._noted(claim, row, False, recorded=True)

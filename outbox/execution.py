@@ -104,14 +104,22 @@ def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: Payloa
     batch's death was pinned on none of its rows). Only after deaths: healthy batches
     never come here.
     """
-    attempts = claim.run_alone(row.id)
-    if attempts is None:
-        return False  # its lease was lost meanwhile: another worker holds it
-    logger.info("event %d was in a batch whose worker died: run alone (attempt %d)", row.id, attempts)
-    if not _run_one(claim, replace(row, attempts=attempts), payload, decoder):
+    alone = begin_alone(claim, row)
+    if alone is None or not _run_one(claim, alone, payload, decoder):
         return False
     claim.write_done([row.id])
     return True
+
+
+def begin_alone(claim: Claim, row: queries.Claimed) -> queries.Claimed | None:
+    """Count the attempt of an orphan about to run alone (see :func:`_run_alone`); return
+    the row with its attempts as counted, or None if its lease was lost meanwhile (another
+    worker holds it)."""
+    attempts = claim.run_alone(row.id)
+    if attempts is None:
+        return None
+    logger.info("event %d was in a batch whose worker died: run alone (attempt %d)", row.id, attempts)
+    return replace(row, attempts=attempts)
 
 
 class Prepared:
