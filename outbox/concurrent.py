@@ -249,7 +249,7 @@ class Runner:
         with self._cond:
             self._running.add(job)
         try:
-            failure = call_receiver(ready)
+            failure = call_receiver(ready, before_done=job.finishing)
         finally:
             with self._cond:
                 self._running.discard(job)
@@ -261,6 +261,8 @@ class Runner:
         elif failure is not None:
             record_failure(claim, row, failure, started, permanent=False)
             self._noted(claim, row, False, recorded=True)
+        elif ready.written:  # an atomic receiver: written done in its own transaction
+            self._noted(claim, row, True, recorded=True)
         elif recorded:  # an orphan, run alone: written done at once
             claim.write_done([row.id])
             self._noted(claim, row, True, recorded=True)

@@ -10,6 +10,7 @@ from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperatio
 
 __all__ = [
     "DispatchError",
+    "LeaseLost",
     "OutboxError",
     "PayloadTooLarge",
     "PermanentFailure",
@@ -47,6 +48,13 @@ class DispatchError(OutboxError):
 
 class UnknownReceiver(DispatchError):
     """An event names a receiver or signal that is not registered in this process."""
+
+
+class LeaseLost(DispatchError):
+    """An ``atomic=True`` receiver finished after its worker lost the event's lease (the
+    worker was frozen or cut off, and another worker reclaimed the event, or an operator
+    replayed or discarded it): the fenced "done" matched no row, so the receiver's
+    transaction was rolled back. The event is left to whoever holds it now."""
 
 
 class SendFromAsyncContext(OutboxError, SynchronousOnlyOperation):

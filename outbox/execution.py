@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 
 from . import coroutines, queries
 from .claims import Claim
 from .current import running
 from .decoding import PayloadDecoder
-from .exceptions import DispatchError, OutboxError, UnknownReceiver
+from .exceptions import DispatchError, LeaseLost, OutboxError, UnknownReceiver
 from .registry import get_receiver, get_signal
 from .retries import backoff_delay, next_attempt
 from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
@@ -68,8 +68,8 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
             succeeded = _run_alone(claim, row, payload, decoder)
             claim.ran(row.id, succeeded, recorded=True)
         else:
-            succeeded = _run_one(claim, row, payload, decoder)
-            claim.ran(row.id, succeeded)
+            succeeded, written = _run_one(claim, row, payload, decoder)
+            claim.ran(row.id, succeeded, recorded=written)
         if succeeded and debug:
             elapsed = (time.perf_counter() - started) * 1000
             logger.debug(
@@ -105,10 +105,12 @@ def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: Payloa
     never come here.
     """
     alone = begin_alone(claim, row)
-    if alone is None or not _run_one(claim, alone, payload, decoder):
+    if alone is None:
         return False
-    claim.write_done([row.id])
-    return True
+    succeeded, written = _run_one(claim, alone, payload, decoder)
+    if succeeded and not written:
+        claim.write_done([row.id])
+    return succeeded
 
 
 def begin_alone(claim: Claim, row: queries.Claimed) -> queries.Claimed | None:
@@ -123,16 +125,26 @@ def begin_alone(claim: Claim, row: queries.Claimed) -> queries.Claimed | None:
 
 
 class Prepared:
-    """A row ready to call: its receiver, signal, decoded arguments, and the claimed row
-    (what :func:`outbox.current_event` describes while it runs; None: no event)."""
+    """A row ready to call: its receiver, signal, decoded arguments, the claimed row (what
+    :func:`outbox.current_event` describes while it runs; None: no event) and its claim.
 
-    __slots__ = ("kwargs", "row", "sender", "signal", "spec")
+    ``written`` becomes True when the call wrote the event done itself (``atomic=True``
+    receivers: see :func:`call_receiver`), so that nobody writes it again."""
+
+    __slots__ = ("claim", "kwargs", "row", "sender", "signal", "spec", "written")
 
     def __init__(
-        self, spec: Any, signal: Any, sender: Any, kwargs: dict[str, Any], row: queries.Claimed | None = None
+        self,
+        spec: Any,
+        signal: Any,
+        sender: Any,
+        kwargs: dict[str, Any],
+        row: queries.Claimed | None = None,
+        claim: Claim | None = None,
     ) -> None:
         self.spec, self.signal, self.sender, self.kwargs = spec, signal, sender, kwargs
-        self.row = row
+        self.row, self.claim = row, claim
+        self.written = False
 
 
 def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> Prepared | None:
@@ -160,36 +172,43 @@ def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDe
     except DispatchError as exc:
         record_failure(claim, row, exc, started, permanent=True)
         return None
-    return Prepared(spec, signal, sender, kwargs, row)
+    return Prepared(spec, signal, sender, kwargs, row, claim)
 
 
-def _run_one(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:
-    """Run one event; True on success. A failure is recorded here."""
+def _run_one(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> tuple[bool, bool]:
+    """Run one event; return (succeeded, already written done). A failure is recorded here."""
     started = time.perf_counter()
     ready = prepare(claim, row, payload, decoder)
     if ready is None:
-        return False
+        return False, True
     failure = call_receiver(ready)
     if failure is not None:
         record_failure(claim, row, failure, started, permanent=False)
-        return False
-    return True
+        return False, True
+    return True, ready.written
 
 
-def call_receiver(ready: Prepared) -> BaseException | None:
+def call_receiver(ready: Prepared, before_done: Callable[[], None] | None = None) -> BaseException | None:
     """Call one receiver; return its failure, None on success.
 
     Whatever it raises is its failure, not the worker's: SystemExit, KeyboardInterrupt,
     CancelledError and GeneratorExit too, except Ctrl-C (see _is_ctrl_c). So is returning
     with a transaction open on any of the worker's connections: rolled back, or later
     writes (the worker's records among them) would never commit.
+
+    An ``atomic=True`` receiver runs in a transaction that also writes its event done
+    (:func:`_call_atomically`); ``before_done`` is called in it first, and may raise to
+    roll it back (the concurrent runner's check that the attempt has not timed out).
     """
     before = open_transactions()
     failure: BaseException | None = None
     try:
         with running(ready.row):
             spec = ready.spec
-            _call(spec.func, spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
+            if spec.atomic and ready.claim is not None:
+                _call_atomically(ready, before_done)
+            else:
+                _call(spec.func, spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
     except ReceiverTimeout as exc:
         _abandon_queries()
         failure = exc
@@ -208,6 +227,44 @@ def call_receiver(ready: Prepared) -> BaseException | None:
     )
     error.__cause__ = failure
     return error
+
+
+def _call_atomically(ready: Prepared, before_done: Callable[[], None] | None) -> None:
+    """Call an ``atomic=True`` receiver inside a transaction on the outbox's database and
+    write its event done, fenced on the claim's token, in that same transaction.
+
+    The receiver's writes to that database and the event's "done" commit together or not
+    at all: if the receiver raises, both roll back and the attempt is recorded as failed;
+    if this worker lost the lease meanwhile (the row carries another token, or none), the
+    fenced UPDATE matches nothing and :class:`~outbox.exceptions.LeaseLost` rolls the
+    receiver's writes back; if the process dies before the COMMIT, the server rolls both
+    back and the event runs again.
+    """
+    claim, row, spec = ready.claim, ready.row, ready.spec
+    assert claim is not None and row is not None
+    connection = connections[claim.database]
+    with transaction.atomic(using=claim.database):
+        depth = len(connection.savepoint_ids)
+        _call(spec.func, spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
+        if len(connection.savepoint_ids) != depth or not connection.in_atomic_block:
+            raise TransactionLeftOpen(
+                "the atomic receiver left an atomic block open (entered and never exited); its "
+                "writes were rolled back"
+            )
+        if connection.needs_rollback:
+            raise DispatchError(
+                "the atomic receiver caught a database error and went on: its transaction can "
+                "only roll back (wrap the statement that may fail in its own transaction.atomic())"
+            )
+        if before_done is not None:
+            before_done()
+        if not claim.write_done([row.id]):
+            raise LeaseLost(
+                f"event {row.id}: this worker lost its lease before the receiver finished (another "
+                f"worker took the event, or it was replayed or discarded); the receiver's writes "
+                f"were rolled back"
+            )
+    ready.written = True
 
 
 def _is_ctrl_c(exc: BaseException) -> bool:
@@ -239,6 +296,9 @@ def record_failure(
     ``RETRY_AFTER_MAX_SECONDS``, jitter only upwards), :class:`~outbox.PermanentFailure`
     fails the event for good. Either is an attempt, so the last one fails as any failure.
     """
+    if isinstance(exc, LeaseLost):  # not this worker's event any more: nothing to record
+        logger.warning("event %d %s: %s", row.id, row.receiver, exc)
+        return
     error = _error_text(exc)[:10000]
     trace = _traceback_text(exc)
     if overdue:

@@ -52,7 +52,9 @@ class Overdue:
 
     Its ``state`` goes from "running" to "overdue" (past its timeout: :meth:`expire`) and to
     "closed" once its thread returned or the worker stopped (:meth:`returned`,
-    :meth:`close`): whichever comes first writes the attempt's outcome, under ``lock``.
+    :meth:`close`): whichever comes first writes the attempt's outcome, under ``lock``. An
+    ``atomic=True`` receiver that returns in time goes to "finishing" before it commits
+    (:meth:`finishing`), and is never failed after that.
     """
 
     __slots__ = ("claim", "deadline", "lock", "retry_at", "row", "started", "state", "timeout")
@@ -95,6 +97,18 @@ class Overdue:
             record_failure(self.claim, row, error, self.started, permanent=False, overdue=True)
         except DatabaseError as exc:
             logger.warning("could not mark event %d overdue: %s", row.id, exc)
+
+    def finishing(self) -> None:
+        """An ``atomic=True`` receiver returned and is about to commit its event done: raise
+        :class:`ReceiverTimeout` (rolling its writes back) if its attempt was already failed
+        at its timeout, else stop the watch, so that it cannot be failed after it commits."""
+        with self.lock:
+            if self.state != "running":
+                raise ReceiverTimeout(
+                    f"the receiver returned after its timeout of {self.timeout}s, when its attempt "
+                    f"was already failed; its transaction was rolled back"
+                )
+            self.state = "finishing"
 
     def returned(self) -> str:
         """Its thread returned; return the state it had ("running", "overdue" or "closed").

@@ -55,6 +55,8 @@ class ReceiverSpec:
     delay: float | None = None
     #: Called at send time for the event's dedupe key (coalescing: see connect()).
     dedupe_key: Callable[..., Any] | None = None
+    #: Run in a transaction on the outbox's database that also writes the event done.
+    atomic: bool = False
 
 
 class Registry:
@@ -163,18 +165,19 @@ class Registry:
                 f"two different functions claim the receiver path {spec.path!r}: one defined at "
                 f"{_origin(old.func)}, the other at {_origin(spec.func)}; rename one of them"
             )
-        elif (old.max_attempts, old.timeout, old.queue, old.delay) != (
+        elif (old.max_attempts, old.timeout, old.queue, old.delay, old.atomic) != (
             spec.max_attempts,
             spec.timeout,
             spec.queue,
             spec.delay,
+            spec.atomic,
         ) or any(
             (getattr(old, name) is None) != (getattr(spec, name) is None)
             for name in ("ordering_key", "when", "dedupe_key")
         ):
             raise RegistrationError(
                 f"{spec.path} is connected twice with different max_attempts, timeout, queue, delay, "
-                f"ordering_key, when or dedupe_key"
+                f"atomic, ordering_key, when or dedupe_key"
             )
         else:  # the same function re-imported (importlib.reload, autoreload)
             self.receivers[spec.path] = spec
@@ -375,6 +378,7 @@ def connect(
     when: Callable[..., Any] | None = None,
     delay: float | datetime.timedelta | None = None,
     dedupe_key: Callable[..., Any] | None = None,
+    atomic: bool = False,
 ) -> None:
     """Connect ``func`` to ``signal`` (or a list of signals) with deferred delivery.
 
@@ -391,6 +395,10 @@ def connect(
     back until that long after the send. ``dedupe_key`` (called as ``ordering_key`` is)
     coalesces sends: while an event of the receiver with the same key is pending and no
     worker has taken it yet, a new send writes no row.
+
+    ``atomic=True`` runs the receiver inside a transaction on the outbox's database and
+    writes the event done in that same transaction, fenced on the worker's lease: the
+    receiver's writes to that database commit exactly when the event is done, once.
     """
     if delivery not in DELIVERIES:
         raise RegistrationError(f"delivery must be one of {DELIVERIES}, not {delivery!r}")
@@ -400,6 +408,7 @@ def connect(
             "receiver runs in the sender's process right after commit, with no row, no queue and no "
             "worker to order, delay or coalesce it"
         )
+    _check_atomic(func, atomic, delivery)
     for name, value in (("ordering_key", ordering_key), ("when", when), ("dedupe_key", dedupe_key)):
         if value is not None and not callable(value):
             raise RegistrationError(f"{name} must be a function of (sender, **kwargs): {value!r}")
@@ -423,6 +432,7 @@ def connect(
             when,
             delay,
             dedupe_key,
+            atomic,
         )
         registry.add_receiver(spec)
     uid = _uid(func, dispatch_uid, delivery)
@@ -433,6 +443,24 @@ def connect(
             registry.defer(one, sender, uid, spec)
         else:
             one.connect(_RunOnCommit(func, when), sender=sender, weak=False, dispatch_uid=uid)
+
+
+def _check_atomic(func: Callable[..., Any], atomic: Any, delivery: str) -> None:
+    if atomic is False:
+        return
+    if atomic is not True:
+        raise RegistrationError(f"atomic must be True or False, not {atomic!r}")
+    if delivery != "outbox":
+        raise RegistrationError(
+            "atomic=True applies to delivery='outbox' only: an on_commit receiver has no event row "
+            "to write done with its work (wrap its body in transaction.atomic() instead)"
+        )
+    if coroutines.is_async(func):
+        raise RegistrationError(
+            f"atomic=True needs a sync receiver: {receiver_path(func)} is async, and Django's "
+            f"transaction.atomic() does not hold across await (write its database work in a "
+            f"sync receiver, or make it idempotent with outbox.current_event().idempotency_key)"
+        )
 
 
 def disconnect(

@@ -121,8 +121,8 @@ def _run_batch(
                 claim.ran(row.id, False)
                 continue
             row = replace(row, attempts=attempts)
-        failure = _run_one(claim, row, payloads[row.id], decoder, started)
-        claim.ran(row.id, failure is None)
+        failure, written = _run_one(claim, row, payloads[row.id], decoder, started)
+        claim.ran(row.id, failure is None, recorded=written)
         ran.append(Ran(row.id, row.signal, row.receiver, row.attempts, failure))
         if failure is not None:
             retry_at = _retry_at(claim.database, row.id)
@@ -141,14 +141,15 @@ class _Failed(Exception):
 
 def _run_one(
     claim: claims.Claim, row: queries.Claimed, payload: Any, decoder: Any, started: float
-) -> BaseException | None:
-    """Run one row; return its failure (recorded), None on success."""
+) -> tuple[BaseException | None, bool]:
+    """Run one row; return its failure (recorded) or None on success, and whether the
+    event was written done already (an ``atomic=True`` receiver's own transaction does)."""
     ready = execution.prepare(claim, row, payload, decoder)
     if ready is None:  # prepare() recorded why, for good: read it back to report it
         return DispatchError(
             f"event {row.id} ({row.receiver}) failed before its receiver ran: "
             f"{_last_error(claim.database, row.id)}"
-        )
+        ), False
     if connections[claim.database].in_atomic_block:
         # Inside a test transaction, a database error in the receiver would abort the whole
         # transaction (PostgreSQL), and with it the test's later queries: a savepoint
@@ -164,7 +165,7 @@ def _run_one(
         failure = execution.call_receiver(ready)
     if failure is not None:
         execution.record_failure(claim, row, failure, started, permanent=False)
-    return failure
+    return failure, ready.written
 
 
 def _retry_at(alias: str, event_id: int) -> datetime.datetime | None:
