@@ -44,9 +44,10 @@ def _after_change(sender, action, **kwargs):
     return action in ("post_add", "post_remove", "post_clear")
 
 
-@outbox.receiver(m2m_changed, sender=Profile.following.through, when=_after_change)
+@outbox.receiver(m2m_changed, sender=Profile.following.through, when=_after_change, atomic=True)
 def count_followers(sender, instance, action, reverse, pk_set, **kwargs):
-    """Deferred, idempotent: recounts rather than increments, so a retry is harmless."""
+    """Deferred and atomic: its writes commit with the event's "done", once. It also recounts
+    rather than increments, which would keep a retry harmless without atomic=True."""
     if reverse:
         targets = [instance]
     elif pk_set is None:  # post_clear: pk_set is None; recount everyone
