@@ -18,6 +18,7 @@ from outbox import queries as outbox_queries
 from outbox.dashboard import charts
 from outbox.dashboard.queries import BOUNDS, WINDOWS, figures, quantile
 from outbox.models import Event
+from tests.conftest import wait_for
 from tests.test_admin import staff
 
 pytestmark = pytest.mark.django_db
@@ -252,3 +253,32 @@ def test_charts_are_svg_and_escape_their_text():
     assert "<script" not in svg
     empty = charts.lines([charts.Series("p95", [None, None], "p95")], ["a", "b"], unit="s")
     assert empty.startswith("<svg")
+
+
+# --- what the worker writes for it -------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_the_worker_writes_when_each_receiver_started_and_returned(drain, concurrency):
+    from tests.testapp.signals import charged, work
+
+    work.send(sender=None, key="slow", sleep=0.3)
+    work.send(sender=None, key="quick")
+    charged.send(sender=None, key="refused")  # fails twice: failed for good
+    refused = Event.objects.get(payload__kwargs__key="refused")
+    wait_for(lambda: drain(concurrency=concurrency) >= 0 and Event.objects.get(pk=refused.pk).status == S.FAILED)
+    slow, quick = (Event.objects.get(payload__kwargs__key=key) for key in ("slow", "quick"))
+    for row in (slow, quick):
+        assert row.status == S.DONE and row.created_at <= row.started_at <= row.finished_at
+    # Per row, not the time the batch was written: the slow one's run is its own.
+    assert 0.3 <= (slow.finished_at - slow.started_at).total_seconds() < 5
+    assert (quick.finished_at - quick.started_at).total_seconds() < 0.3
+    if concurrency == 1:  # one after the other
+        assert quick.started_at >= slow.finished_at - datetime.timedelta(milliseconds=5)
+    refused.refresh_from_db()
+    assert refused.created_at <= refused.started_at <= refused.finished_at
+    hour = figures(WINDOWS["hour"])
+    assert (hour.total_done, hour.total_failed) == (2, 1) and hour.p95_all is not None
+    assert [(r.name, r.failed) for r in hour.failing] == [("tests.testapp.receivers.charge", 1)]
+    assert [r.name for r in hour.slowest][0] == "tests.testapp.receivers.record"
