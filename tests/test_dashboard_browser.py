@@ -15,9 +15,11 @@ from django.utils import timezone
 from outbox.models import Event
 from tests import test_admin_browser as admin_browser
 from tests.test_admin import staff
-from tests.test_admin_browser import ARTIFACTS, browser, history, login  # noqa: F401 - fixtures
 
 pytestmark = [*admin_browser.pytestmark]
+# The admin browser tests' fixtures: Chromium, a logged-in page, a real worker's history.
+browser, login, history = admin_browser.browser, admin_browser.login, admin_browser.history
+ARTIFACTS = admin_browser.ARTIFACTS
 
 S = Event.Status
 RECEIVERS = {  # receiver: (typical run in seconds, failures in a thousand)

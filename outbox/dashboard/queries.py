@@ -167,8 +167,8 @@ def _span(later: str, earlier: str) -> ExpressionWrapper:
 def figures(window: Window, queue: str | None = None, *, using: str = "default") -> Figures:
     """Compute the figures of ``window`` (for ``queue``, or every queue) on ``using``.
 
-    Five queries: the clock, three over the finished events of the window and one over the
-    waiting ones (see the module docstring for their indexes)."""
+    Three queries (and the clock's, on PostgreSQL): two over the events finished in the
+    window, one over those waiting now (see the module docstring for their indexes)."""
     now = queries.database_now(using)
     last = _truncate(now, window)
     since = last - window.step * (window.buckets - 1)
@@ -190,23 +190,36 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
     def bucket(name: str) -> Trunc:
         return Trunc(name, window.unit, output_field=DateTimeField(), tzinfo=_UTC)
 
-    # 1. Throughput and latency: events per (bucket, status, latency bucket).
+    # Backlog at the end of bucket i: events created before it ended and not finished by
+    # then; those created before the window count from its first bucket. +n in arrived[]
+    # at the bucket an event came in, -n at the one it finished in; summed up below.
+    from_bucket = bucket(Greatest("created_at", Value(since, output_field=DateTimeField())))
+    arrived = [0] * (window.buckets + 1)
+
+    # 1. Finished events per (finished bucket, created bucket, status, latency bucket):
+    # throughput, latency and the finished half of the backlog in one reading of the window.
     done, failed = [0] * window.buckets, [0] * window.buckets
     latency = [[0] * (len(BOUNDS) + 1) for _ in starts]
     rows = (
-        ran.alias(span=_span("started_at", "created_at"))
+        finished.alias(span=_span("started_at", "created_at"))
         .annotate(
             at=bucket("finished_at"),
+            c=from_bucket,
             lat=Case(When(started_at=None, then=Value(-1)), default=_bucket_of(F("span"))),
         )
-        .values("at", "status", "lat")
+        .values("at", "c", "status", "lat")
         .annotate(n=Count("pk"))
     )
     for row in rows:
-        i = index(row["at"])
-        (done if row["status"] == S.DONE else failed)[i] += row["n"]
+        i, c, n = index(row["at"]), index(row["c"]), row["n"]
+        if c < i:  # came in an earlier bucket: waiting at the ends of buckets c to i - 1
+            arrived[c] += n
+            arrived[i] -= n
+        if row["status"] == S.DISCARDED:
+            continue
+        (done if row["status"] == S.DONE else failed)[i] += n
         if row["lat"] >= 0:
-            latency[i][row["lat"]] += row["n"]
+            latency[i][row["lat"]] += n
     overall = [sum(column) for column in zip(*latency, strict=True)]
 
     # 2. Receivers: finished events and durations per receiver.
@@ -226,10 +239,7 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
         if row["took"] >= 0:
             receiver.durations[row["took"]] += row["n"]
 
-    # 3. Backlog at the end of bucket i: events created before it ended and not finished
-    # by then. Events created before the window count from its first bucket.
-    from_bucket = bucket(Greatest("created_at", Value(since, output_field=DateTimeField())))
-    arrived = [0] * (window.buckets + 1)  # +n at the created bucket, -n at the finished one
+    # 3. The waiting half of the backlog: events pending or running now, by arrival.
     waiting = (
         events.filter(status__in=[S.PENDING, S.RUNNING])
         .annotate(c=from_bucket)
@@ -238,12 +248,6 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
     )
     for row in waiting:
         arrived[index(row["c"])] += row["n"]
-    left = finished.annotate(c=from_bucket, f=bucket("finished_at")).values("c", "f").annotate(n=Count("pk"))
-    for row in left:
-        c, f = index(row["c"]), index(row["f"])
-        if c < f:  # finished in a later bucket than it came: waiting at the ends between
-            arrived[c] += row["n"]
-            arrived[f] -= row["n"]
     backlog, level = [], 0
     for i in range(window.buckets):
         level += arrived[i]
