@@ -26,7 +26,7 @@ from ..routing import DEFAULT_QUEUE
 from . import charts
 from .queries import WINDOWS, Figures, figures
 
-__all__ = ["dashboard_view"]
+__all__ = ["cached_figures", "dashboard_view"]
 
 _CACHE_PREFIX = "outbox:dashboard:"
 
