@@ -78,14 +78,17 @@ class Receiver:
 
     @property
     def p50(self) -> float | None:
+        """Median duration of its last attempts, in seconds (None: none timed)."""
         return quantile(self.durations, 0.5)
 
     @property
     def p95(self) -> float | None:
+        """95th percentile duration of its last attempts, in seconds (None: none timed)."""
         return quantile(self.durations, 0.95)
 
     @property
     def failure_rate(self) -> float:
+        """Failed for good out of finished (done or failed), from 0 to 1."""
         return self.failed / (self.done + self.failed) if self.done + self.failed else 0.0
 
 
@@ -123,10 +126,12 @@ class Figures:
 
     @property
     def total_done(self) -> int:
+        """Events done in the window."""
         return sum(self.done)
 
     @property
     def total_failed(self) -> int:
+        """Events failed for good in the window."""
         return sum(self.failed)
 
 
