@@ -284,3 +284,19 @@ def test_the_worker_writes_when_each_receiver_started_and_returned(drain, concur
     assert (hour.total_done, hour.total_failed) == (2, 1) and hour.p95_all is not None
     assert [(r.name, r.failed) for r in hour.failing] == [("tests.testapp.receivers.charge", 1)]
     assert [r.name for r in hour.slowest][0] == "tests.testapp.receivers.record"
+
+
+def test_with_use_tz_false_the_figures_count_as_well(settings, client):
+    settings.USE_TZ = False
+    now = timezone.now()
+    assert timezone.is_naive(now)
+    Event.objects.bulk_create(
+        [
+            event(S.DONE, now - 2 * MIN, 0.3, 0.002),
+            event(S.PENDING, created=now - 3 * MIN),
+        ]
+    )
+    hour = figures(WINDOWS["hour"])
+    assert hour.total_done == 1 and hour.backlog[-1] == 1 and hour.p50_all == pytest.approx(0.25 + 0.25 * 0.5)
+    client.force_login(staff("viewer", "view_event"))
+    assert client.get(DASHBOARD).status_code == 200
