@@ -37,7 +37,7 @@ def main(dsn: str) -> None:
                 time.sleep(0.05)
                 continue
             ids = [row[0] for row in rows]
-            conn.execute(COMPLETE_POSTGRESQL, [ids, token])
+            conn.execute(COMPLETE_POSTGRESQL, [ids, [0.0] * len(ids), [0.0] * len(ids), token])
 
 
 if __name__ == "__main__":

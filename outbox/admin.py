@@ -35,6 +35,7 @@ from django.views.decorators.http import require_POST
 
 from . import admin_filters as filters
 from . import admin_log, operations, queries, stats
+from .dashboard.views import dashboard_view
 from .models import Event
 from .readable import payload_of, readable, time_of
 from .serialization import TAG
@@ -455,7 +456,9 @@ class EventAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list[Any]:
         views = {"replay": self.replay_view, "discard": self.discard_view}
+        dashboard = self.admin_site.admin_view(lambda request: dashboard_view(self, request))
         return [
+            path("dashboard/", dashboard, name="outbox_event_dashboard"),
             *(
                 path(
                     f"<path:object_id>/{name}/", self.admin_site.admin_view(view), name=f"outbox_event_{name}"

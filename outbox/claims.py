@@ -46,6 +46,7 @@ class Claim:
         self.succeeded = 0
         self._next = 0  # index of the first unstarted row
         self._in_hand: dict[int, float] = {}  # started, not yet ran(): id -> monotonic start
+        self._ran: dict[int, tuple[float, float]] = {}  # _done's (start, end), monotonic
         self._done: list[int] = []  # succeeded, not yet written done
         self._done_since = 0.0  # when the oldest of _done succeeded
         self._closed = False  # handed back: start nothing more
@@ -70,13 +71,15 @@ class Claim:
     def ran(self, event_id: int, succeeded: bool, recorded: bool = False) -> None:
         """The row in hand has run; a success not ``recorded`` yet is to be written done."""
         with self._lock:
-            self._in_hand.pop(event_id, None)
+            start = self._in_hand.pop(event_id, None)
             if succeeded:
                 self.succeeded += 1
                 if not recorded:
                     if not self._done:
                         self._done_since = time.monotonic()
                     self._done.append(event_id)
+                    if start is not None:
+                        self._ran[event_id] = (start, time.monotonic())
 
     def in_hand(self) -> list[int]:
         """The rows started and not yet reported by :meth:`ran`."""
@@ -146,13 +149,30 @@ class Claim:
         """Write rows done in one statement (rows this caller took: see :meth:`take_done`)."""
         if not done:
             return 0
-        written = queries.complete(self.database, self.token, done)
+        written = queries.complete(self.database, self.token, done, self._timings(done))
+        with self._lock:
+            for event_id in done:
+                self._ran.pop(event_id, None)
         logger.debug("wrote %d events done in one statement", len(done))
         return written
 
+    def _timings(self, ids: Sequence[int]) -> list[tuple[float | None, float]]:
+        """(seconds since each started, or None; seconds since it returned) for
+        :func:`outbox.queries.complete`: a row still in hand returns now."""
+        now = time.monotonic()
+        with self._lock:
+            timings: list[tuple[float | None, float]] = []
+            for event_id in ids:
+                start, end = self._ran.get(event_id) or (self._in_hand.get(event_id), now)
+                timings.append((None if start is None else now - start, now - end))
+            return timings
+
     def fail(self, event_id: int, error: str, traceback: str, retry_in: float | None) -> int:
         """Record a failed attempt: pending again in ``retry_in`` seconds, or failed (None)."""
-        return queries.record_failure(self.database, self.token, event_id, error, traceback, retry_in)
+        ((ran_for, _),) = self._timings([event_id])
+        return queries.record_failure(
+            self.database, self.token, event_id, error, traceback, retry_in, ran_for
+        )
 
     def overdue(self, event_id: int, error: str, traceback: str) -> int:
         """Record the error of a receiver past its timeout that still runs (its row stays
@@ -179,6 +199,7 @@ class Claim:
             self._next, self._closed = len(self.rows), True
             self._in_hand.clear()
             self._done = []
+            self._ran.clear()
 
     def finish(self) -> int:
         """Write what is owed: successes done, unstarted rows released. Retried through a

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_INTERVAL": 300.0,
     # Rows deleted per statement (and so per transaction) when pruning.
     "PRUNE_BATCH_SIZE": 1000,
+    # Seconds the admin dashboard's figures stay in Django's default cache (per database,
+    # window and queue) before a page view computes them again.
+    "DASHBOARD_CACHE_SECONDS": 10,
 }
 
 

@@ -93,6 +93,7 @@ SETTINGS: dict[str, Range] = {
     # PostgreSQL's jsonb holds at most 256 MiB less one byte.
     "MAX_PAYLOAD_BYTES": Range(int, 1, 2**28 - 1, unit="bytes"),
     "PRUNE_BATCH_SIZE": Range(int, 1, 100_000),
+    "DASHBOARD_CACHE_SECONDS": Range(int, 1, 86400, unit="seconds"),
 }
 
 #: The old wording of a value of the wrong type (outbox.E004), kept for those who grep for it.

@@ -55,6 +55,9 @@ class Event(models.Model):
         max_length=255, null=True, blank=True, help_text=_("Not sent again while this is pending.")
     )
     created_at = models.DateTimeField()
+    # When the receiver's last attempt started, written with its outcome (queries.complete,
+    # queries.record_failure); NULL before, and for rows finished by older code.
+    started_at = models.DateTimeField(null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_traceback = models.TextField(blank=True)

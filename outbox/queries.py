@@ -235,10 +235,17 @@ def _claim_other_queues(count: int) -> str:
 
 
 _claim_others: dict[int, str] = {}
-_COMPLETE = "status = 'done', finished_at = {now}, lease_token = NULL"
-#: Completion on PostgreSQL, as _fenced_update() writes it; parameters: ids, token.
+# started_at and finished_at are when the receiver started and returned, by the clock of
+# the other timestamps: the statement's time less the seconds the worker measured since
+# (its monotonic clock; successes are written in batches, after the fact). The admin
+# dashboard reads them (outbox.dashboard): commit-to-start latency and receiver durations.
+#: Completion on PostgreSQL; parameters: ids, seconds since each started, seconds since
+#: each returned (float arrays in the order of ids; NULL: start unknown), token.
 COMPLETE_POSTGRESQL = (
-    f"UPDATE {TABLE} SET {_COMPLETE.format(now=_PG_NOW)} WHERE id = ANY(%s) AND lease_token = %s"
+    f"UPDATE {TABLE} SET status = 'done', started_at = {_PG_NOW} - ran.since_start * interval '1 second', "
+    f"finished_at = {_PG_NOW} - coalesce(ran.since_end, 0) * interval '1 second', lease_token = NULL "
+    "FROM unnest(%s::bigint[], %s::float8[], %s::float8[]) AS ran(id, since_start, since_end) "
+    f"WHERE {TABLE}.id = ran.id AND {TABLE}.lease_token = %s"
 )
 
 
@@ -654,10 +661,37 @@ def _fenced_update(
         return cursor.rowcount
 
 
-def complete(alias: str, token: str, ids: Sequence[int]) -> int:
-    """Mark claimed events done in one statement, fenced on the claim token."""
-    now, params = _now(connections[alias])
-    return _fenced_update(alias, token, ids, _COMPLETE.format(now=now), params)
+def complete(
+    alias: str, token: str, ids: Sequence[int], timings: Sequence[tuple[float | None, float]] | None = None
+) -> int:
+    """Mark claimed events done in one statement, fenced on the claim token.
+
+    ``timings``, in the order of ``ids``: (seconds since the receiver started, or None if
+    unknown; seconds since it returned), from which started_at and finished_at are written.
+    None: started now, unknown start. Served by the primary key."""
+    if not ids:
+        return 0
+    timings = list(timings) if timings is not None else [(None, 0.0)] * len(ids)
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        since_start, since_end = [t[0] for t in timings], [float(t[1]) for t in timings]
+        with connection.cursor() as cursor:
+            cursor.execute(COMPLETE_POSTGRESQL, [list(ids), since_start, since_end, token])
+            return cursor.rowcount
+    # Elsewhere the process's clock, as every timestamp there: one CASE per column.
+    now = timezone.now()
+    started, finished, params_s, params_f = [], [], [], []
+    for event_id, (since_start, since_end) in zip(ids, timings, strict=True):
+        started.append("WHEN %s THEN %s")
+        at = None if since_start is None else now - datetime.timedelta(seconds=since_start)
+        params_s += [event_id, at if at is None else _adapt(connection, at)]
+        finished.append("WHEN %s THEN %s")
+        params_f += [event_id, _adapt(connection, now - datetime.timedelta(seconds=since_end))]
+    assignments = (
+        f"status = 'done', started_at = CASE id {' '.join(started)} END, "
+        f"finished_at = CASE id {' '.join(finished)} END, lease_token = NULL"
+    )
+    return _fenced_update(alias, token, ids, assignments, [*params_s, *params_f])
 
 
 def record_failure(
@@ -667,11 +701,14 @@ def record_failure(
     error: str,
     traceback: str,
     retry_in: float | None,
+    ran_for: float | None = None,
 ) -> int:
     """Record a failed attempt: pending again ``retry_in`` seconds from now (by the clock
     of leases: see the module docstring), or ``failed`` if None. A keyed event that fails
-    for good parks the events queued behind it on its key (see :data:`PARKED`)."""
+    for good parks the events queued behind it on its key (see :data:`PARKED`).
+    ``ran_for``: seconds since the attempt started (started_at; None: unknown)."""
     connection = connections[alias]
+    started, started_params = ("NULL", []) if ran_for is None else _later(connection, -ran_for)
     if retry_in is None:
         status, (available, available_params) = "failed", _now(connection)
         finished, finished_params = available, available_params
@@ -681,9 +718,9 @@ def record_failure(
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {TABLE} SET status = %s, available_at = {available}, finished_at = {finished}, "
-            f"last_error = %s, last_traceback = %s, lease_token = NULL "
+            f"started_at = {started}, last_error = %s, last_traceback = %s, lease_token = NULL "
             f"WHERE id = %s AND lease_token = %s",
-            [status, *available_params, *finished_params, error, traceback, event_id, token],
+            [status, *available_params, *finished_params, *started_params, error, traceback, event_id, token],
         )
         changed = cursor.rowcount
         if changed and retry_in is None:
