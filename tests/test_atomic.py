@@ -244,7 +244,7 @@ def test_chaos_sigkills_at_random_leave_exactly_one_effect_per_event(concurrency
     """Workers killed with SIGKILL at random moments, again and again, while atomic
     receivers write: every event ends done, with exactly one row written per event."""
     n = 150 if connection.vendor == "postgresql" else 80
-    keys = send(atomic_work, n, pause=0.02)
+    keys = send(atomic_work, n, pause=0.02 * int(concurrency))  # the same run time at each concurrency
     rng = random.Random(12)
     kills = 0
     deadline = time.monotonic() + 180
