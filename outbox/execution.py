@@ -19,7 +19,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import coroutines, queries
+from . import coroutines, observability, queries
 from .claims import Claim
 from .current import running
 from .decoding import PayloadDecoder
@@ -58,6 +58,7 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
     began = time.perf_counter()
     started_before, done_before = claim.started, claim.succeeded
     decoder, payloads = decode_batch(claim.rows)
+    done = observability.done
     while not should_stop():
         row = claim.next()
         if row is None:
@@ -70,6 +71,8 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
         else:
             succeeded = _run_one(claim, row, payload, decoder)
             claim.ran(row.id, succeeded)
+        if succeeded:
+            done(row)
         if succeeded and debug:
             elapsed = (time.perf_counter() - started) * 1000
             logger.debug(
@@ -182,8 +185,24 @@ def call_receiver(ready: Prepared) -> BaseException | None:
     Whatever it raises is its failure, not the worker's: SystemExit, KeyboardInterrupt,
     CancelledError and GeneratorExit too, except Ctrl-C (see _is_ctrl_c). So is returning
     with a transaction open on any of the worker's connections: rolled back, or later
-    writes (the worker's records among them) would never commit.
+    writes (the worker's records among them) would never commit. The call is observed
+    (its span and duration: :mod:`outbox.observability`) when that is installed.
     """
+    watch = observability.begin(ready)
+    if watch is None:
+        return _call_receiver(ready)
+    failure: BaseException | None = None
+    try:
+        failure = _call_receiver(ready)
+    except BaseException as exc:  # Ctrl-C: observed, then raised on
+        failure = exc
+        raise
+    finally:
+        watch.end(failure)
+    return failure
+
+
+def _call_receiver(ready: Prepared) -> BaseException | None:
     before = open_transactions()
     failure: BaseException | None = None
     try:
@@ -246,6 +265,7 @@ def record_failure(
         return
     retry_in = next_attempt(row, exc, permanent, retry_in)
     claim.fail(row.id, error, trace, retry_in)
+    observability.failed(row, retry_in is None)
     outcome = "failed for good" if retry_in is None else f"failed, retry in {retry_in:.1f}s"
     logger.warning(
         "event %d %s %s in %.1f ms (attempt %d/%d): %s",
