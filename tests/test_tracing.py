@@ -130,3 +130,19 @@ def test_a_replayed_event_continues_the_trace_of_its_send(drain, spans):
     (span, *_) = named(spans, f"process {BROKEN}")
     assert span.context.trace_id == request.trace_id
     assert span.parent.span_id == request.span_id
+
+
+def test_the_stored_context_is_what_the_w3c_propagator_writes(spans):
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from outbox import tracing
+
+    for state in (TraceState(), TraceState([("vendor", "a=1"), ("other", "x")])):
+        for flags in (TraceFlags(0), TraceFlags(1)):
+            context = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=flags, trace_state=state)
+            with trace.use_span(NonRecordingSpan(context)):
+                carrier: dict[str, str] = {}
+                TraceContextTextMapPropagator().inject(carrier)
+                assert json.loads(tracing.capture()) == carrier
+    assert tracing.capture() is None
