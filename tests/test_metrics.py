@@ -225,3 +225,27 @@ def test_without_the_libraries_the_worker_runs_unchanged_and_the_port_is_refused
     assert "prometheus_client" in result["error"] and "django-signal-outbox[metrics]" in result["error"]
     assert result["traced"] == [None, None, None]
     assert result["ran"] == 1 and result["left"] == 0
+
+
+def test_a_scrape_counts_no_more_than_its_limit(monkeypatch):
+    from outbox.metrics import collector
+
+    send(4, "many")  # 4 due events per receiver, 12 in all
+    monkeypatch.setattr(collector, "COUNT_LIMIT", 5)
+    found = samples(exposition().decode())
+    counted = sum(value(found, "outbox_backlog_due", queue=QUEUE, receiver=r) for r in (OK, BROKEN, ASYNC))
+    assert counted == 5  # the first five in due order: a lower bound
+    assert value(found, "outbox_oldest_due_age_seconds", queue=QUEUE) >= 0
+
+
+def test_an_event_due_at_minus_infinity_is_the_oldest_not_an_error():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("'-infinity' is PostgreSQL's")
+    send(1, "inf")
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE outbox_event SET available_at = '-infinity' WHERE receiver = %s", [OK])
+    found = samples(exposition().decode())
+    assert value(found, "outbox_oldest_due_age_seconds", queue=QUEUE) > 2000 * 365 * 86400
+    assert value(found, "outbox_backlog_due", queue=QUEUE, receiver=OK) == 1

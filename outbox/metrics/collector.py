@@ -7,7 +7,8 @@ counts more than :data:`COUNT_LIMIT` rows, and each reads a range of a partial i
   of ``outbox_event_due`` in its (available_at, id) order, grouped. Due rows come first in
   that order, running rows (their lease ahead) next, so both are exact while the backlog is
   under the limit, and past it the backlog reads as the limit (a lower bound);
-- oldest due age (per queue): one entry of ``outbox_event_queue_due`` per queue;
+- oldest due age (per queue): the earliest due time among those rows (they are read in
+  due-time order, so it is exact whatever the limit);
 - failed (per queue and receiver): the first :data:`COUNT_LIMIT` rows of the
   ``status = 'failed'`` range of ``outbox_event_finished``.
 
@@ -17,17 +18,19 @@ so that a dashboard shows a flat line, not a gap.
 
 from __future__ import annotations
 
-import math
+import datetime
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db import connections
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import queries
 from ..models import Event
-from ..readable import earliest
 from ..registry import registry
 
 __all__ = ["COUNT_LIMIT", "DatabaseCollector"]
@@ -38,11 +41,15 @@ COUNT_LIMIT = 100_000
 # Served by outbox_event_due: its condition spelled as in the index (SQLite matches it term
 # by term), read in the index's order and cut at the limit before grouping.
 _ACTIVE = (
-    "SELECT queue, receiver, status, due, COUNT(*) FROM ("
-    "SELECT queue, receiver, status, CASE WHEN available_at <= %s THEN 1 ELSE 0 END AS due "
+    "SELECT queue, receiver, status, due, COUNT(*), {earliest} FROM ("
+    "SELECT queue, receiver, status, available_at, CASE WHEN available_at <= %s THEN 1 ELSE 0 END AS due "
     "FROM {table} WHERE status IN ('pending', 'running') ORDER BY available_at, id LIMIT %s"
     ") head GROUP BY queue, receiver, status, due"
 )
+# The earliest time of a group. PostgreSQL's '-infinity' (a replay may write it) is read as
+# the start of year 1, which Python can hold: still older than anything.
+_EARLIEST = "MIN(available_at)"
+_EARLIEST_POSTGRESQL = "GREATEST(MIN(available_at), '0001-01-01 00:00:00+00'::timestamptz)"
 # Served by outbox_event_finished (status, finished_at, id): the failed range alone.
 _FAILED = (
     "SELECT queue, receiver, COUNT(*) FROM ("
@@ -66,12 +73,14 @@ class DatabaseCollector(Collector):
         due = dict.fromkeys(known, 0)
         running = dict.fromkeys(known, 0)
         failed = dict.fromkeys(known, 0)
+        oldest: dict[str, datetime.datetime] = {}
+        earliest = _EARLIEST_POSTGRESQL if connection.vendor == "postgresql" else _EARLIEST
         with connection.cursor() as cursor:
             cursor.execute(
-                _ACTIVE.format(table=table),
+                _ACTIVE.format(table=table, earliest=earliest),
                 [connection.ops.adapt_datetimefield_value(now), COUNT_LIMIT],
             )
-            for queue, receiver, status, is_due, n in cursor.fetchall():
+            for queue, receiver, status, is_due, n, first in cursor.fetchall():
                 key = (queue, receiver)
                 due.setdefault(key, 0)
                 running.setdefault(key, 0)
@@ -79,6 +88,9 @@ class DatabaseCollector(Collector):
                 # An expired lease (its worker died) is due again: claimable, not running.
                 if is_due:
                     due[key] += n
+                    first = _datetime(first)
+                    if queue not in oldest or first < oldest[queue]:
+                        oldest[queue] = first
                 elif status == "running":
                     running[key] += n
             cursor.execute(_FAILED.format(table=table), [COUNT_LIMIT])
@@ -94,20 +106,19 @@ class DatabaseCollector(Collector):
             "Seconds the oldest due event of each queue has waited past its due time.",
             labels=["queue"],
         )
-        waiting = {queue for (queue, _), n in due.items() if n}
-        for queue in sorted(waiting | {queue for queue, _ in known}):
-            ages.add_metric([queue], self._oldest_age(queue, now) if queue in waiting else 0.0)
+        for queue in sorted(set(oldest) | {queue for queue, _ in known}):
+            age = (now - oldest[queue]).total_seconds() if queue in oldest else 0.0
+            ages.add_metric([queue], max(age, 0.0))
         yield ages
 
-    def _oldest_age(self, queue: str, now: Any) -> float:
-        # One entry of outbox_event_queue_due.
-        rows = Event.objects.using(self.alias).filter(
-            queue=queue, status__in=["pending", "running"], available_at__lte=now
-        )
-        oldest, text = earliest(rows, "available_at")
-        if text:  # before year 1 ('-infinity'): older than anything
-            return math.inf
-        return 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+
+def _datetime(value: Any) -> datetime.datetime:
+    """A time as raw SQL returns it (SQLite: the stored text), comparable with "now"."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if django_settings.USE_TZ and timezone.is_naive(value):
+        value = timezone.make_aware(value, datetime.timezone.utc)
+    return value
 
 
 def _gauge(name: str, documentation: str, values: dict[tuple[str, str], int]) -> GaugeMetricFamily:
