@@ -36,7 +36,7 @@ from ..registry import registry
 __all__ = ["COUNT_LIMIT", "DatabaseCollector"]
 
 #: The most rows one scrape counts per query.
-COUNT_LIMIT = 100_000
+COUNT_LIMIT = 10_000
 
 # Served by outbox_event_due: its condition spelled as in the index (SQLite matches it term
 # by term), read in the index's order and cut at the limit before grouping.
