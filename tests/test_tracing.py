@@ -32,6 +32,8 @@ def _sdk():
     trace.set_tracer_provider(provider)
     if trace.get_tracer_provider() is not provider:
         pytest.skip("another tracer provider is installed in this process")
+    yield
+    _EXPORTER.shutdown()  # the provider stays: later tests' spans are dropped, not kept
 
 
 @pytest.fixture
