@@ -148,3 +148,10 @@ def test_the_stored_context_is_what_the_w3c_propagator_writes(spans):
                 TraceContextTextMapPropagator().inject(carrier)
                 assert json.loads(tracing.capture()) == carrier
     assert tracing.capture() is None
+
+
+def test_the_admin_shows_an_events_trace_context(admin_client, spans):
+    request = send_in_request("shown")
+    event = Event.objects.filter(receiver=OK).get()
+    page = admin_client.get(f"/admin/outbox/event/{event.id}/change/").content.decode()
+    assert f"00-{request.trace_id:032x}-{request.span_id:016x}-" in page
