@@ -40,8 +40,7 @@ class Watch:
         if self.span is not None:
             tracing.finish(self.span, failure)
         if METRICS:
-            row = self.row
-            instruments.DURATION.labels(row.queue, row.receiver).observe(time.perf_counter() - self.started)
+            _series(self.row).duration.observe(time.perf_counter() - self.started)
 
 
 def _begin(ready: Any) -> Watch:
@@ -51,7 +50,7 @@ def _begin(ready: Any) -> Watch:
         created = row.created_at
         now = datetime.datetime.now(created.tzinfo) if created.tzinfo else timezone.now()
         latency = max((now - created).total_seconds(), 0.0)
-        instruments.LATENCY.labels(row.queue, row.receiver).observe(latency)
+        _series(row).latency.observe(latency)
     span = tracing.start(row) if tracing.AVAILABLE else None
     return Watch(row, span, time.perf_counter())
 
@@ -60,12 +59,38 @@ def _nothing(*args: Any) -> None:
     return None
 
 
+class _Series:
+    """The labelled series of one queue and receiver, looked up once (``labels()`` costs
+    about as much as the observation itself)."""
+
+    __slots__ = ("done", "duration", "failed", "latency", "retried")
+
+    def __init__(self, queue: str, receiver: str) -> None:
+        self.done = instruments.DONE.labels(queue, receiver)
+        self.failed = instruments.FAILED.labels(queue, receiver, "true")
+        self.retried = instruments.FAILED.labels(queue, receiver, "false")
+        self.duration = instruments.DURATION.labels(queue, receiver)
+        self.latency = instruments.LATENCY.labels(queue, receiver)
+
+
+_all_series: dict[tuple[str, str], _Series] = {}
+
+
+def _series(row: Any) -> _Series:
+    key = (row.queue, row.receiver)
+    series = _all_series.get(key)
+    if series is None:
+        series = _all_series.setdefault(key, _Series(*key))
+    return series
+
+
 def _done(row: Any) -> None:
-    instruments.DONE.labels(row.queue, row.receiver).inc()
+    _series(row).done.inc()
 
 
 def _failed(row: Any, final: bool) -> None:
-    instruments.FAILED.labels(row.queue, row.receiver, "true" if final else "false").inc()
+    series = _series(row)
+    (series.failed if final else series.retried).inc()
 
 
 #: Start observing the call of a prepared receiver (:class:`outbox.execution.Prepared`),
