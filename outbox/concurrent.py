@@ -297,7 +297,8 @@ class Runner:
         # This task runs in a context of its own (a copy, taken when it was created), and
         # the receiver's inner task copies it in turn: each sees its own event only.
         enter(ready.row)
-        watch = observability.begin(ready)  # its span is current in this task only
+        watch = observability.watching(ready)
+        watch.begin()  # its span is current in this task only
         try:
             coroutine = ready.spec.func(signal=ready.signal, sender=ready.sender, **ready.kwargs)
             if not timeout:
@@ -315,8 +316,7 @@ class Runner:
                     failure = ReceiverTimeout(f"the receiver ran over its timeout of {timeout}s: cancelled")
         except BaseException as exc:  # noqa: BLE001 - calling the receiver raised: its failure
             failure = exc
-        if watch is not None:
-            watch.end(failure)
+        watch.end(failure)
         if failure is None and not row.alone:
             self._noted(claim, row, True)
             return

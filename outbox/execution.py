@@ -58,7 +58,7 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
     began = time.perf_counter()
     started_before, done_before = claim.started, claim.succeeded
     decoder, payloads = decode_batch(claim.rows)
-    done = observability.done
+    count_done = observability.done
     while not should_stop():
         row = claim.next()
         if row is None:
@@ -71,13 +71,13 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
         else:
             succeeded = _run_one(claim, row, payload, decoder)
             claim.ran(row.id, succeeded)
-        if succeeded:
-            done(row)
         if succeeded and debug:
             elapsed = (time.perf_counter() - started) * 1000
             logger.debug(
                 "event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts
             )
+        if succeeded:
+            count_done(row)
     if info:
         ran, done = claim.started - started_before, claim.succeeded - done_before
         left = f", {len(claim) - ran} handed back" if ran < len(claim) else ""
@@ -185,28 +185,12 @@ def call_receiver(ready: Prepared) -> BaseException | None:
     Whatever it raises is its failure, not the worker's: SystemExit, KeyboardInterrupt,
     CancelledError and GeneratorExit too, except Ctrl-C (see _is_ctrl_c). So is returning
     with a transaction open on any of the worker's connections: rolled back, or later
-    writes (the worker's records among them) would never commit. The call is observed
-    (its span and duration: :mod:`outbox.observability`) when that is installed.
+    writes (the worker's records among them) would never commit.
     """
-    watch = observability.begin(ready)
-    if watch is None:
-        return _call_receiver(ready)
-    failure: BaseException | None = None
-    try:
-        failure = _call_receiver(ready)
-    except BaseException as exc:  # Ctrl-C: observed, then raised on
-        failure = exc
-        raise
-    finally:
-        watch.end(failure)
-    return failure
-
-
-def _call_receiver(ready: Prepared) -> BaseException | None:
     before = open_transactions()
     failure: BaseException | None = None
     try:
-        with running(ready.row):
+        with running(ready.row), observability.watching(ready):
             spec = ready.spec
             _call(spec.func, spec.timeout, signal=ready.signal, sender=ready.sender, **ready.kwargs)
     except ReceiverTimeout as exc:

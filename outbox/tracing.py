@@ -111,7 +111,10 @@ else:
         span, token = started
         otel_context.detach(token)
         if failure is not None:
-            span.record_exception(failure)
+            try:
+                span.record_exception(failure)
+            except Exception:  # noqa: BLE001 - the receiver's exception may fail its own __str__
+                span.add_event("exception", {"exception.type": type(failure).__qualname__})
             span.set_status(trace.Status(trace.StatusCode.ERROR, _describe(failure)))
         span.end()
 

@@ -155,3 +155,16 @@ def test_the_admin_shows_an_events_trace_context(admin_client, spans):
     event = Event.objects.filter(receiver=OK).get()
     page = admin_client.get(f"/admin/outbox/event/{event.id}/change/").content.decode()
     assert f"00-{request.trace_id:032x}-{request.span_id:016x}-" in page
+
+
+def test_an_exception_whose_text_cannot_be_read_still_ends_its_span(drain, spans):
+    from tests.testapp.faults import unrecordable
+
+    with transaction.atomic():
+        unrecordable.send(sender=None, kind="str() raises")
+    drain()
+    event = Event.objects.get(receiver="tests.testapp.faults.raise_unrecordable")
+    assert event.status == "failed" and "UnprintableError" in event.last_error
+    (span,) = named(spans, "process tests.testapp.faults.raise_unrecordable")
+    assert span.status.status_code is StatusCode.ERROR
+    assert [e.attributes["exception.type"] for e in span.events] == ["UnprintableError"]
