@@ -249,3 +249,14 @@ def test_an_event_due_at_minus_infinity_is_the_oldest_not_an_error():
     found = samples(exposition().decode())
     assert value(found, "outbox_oldest_due_age_seconds", queue=QUEUE) > 2000 * 365 * 86400
     assert value(found, "outbox_backlog_due", queue=QUEUE, receiver=OK) == 1
+
+
+def test_a_metrics_port_in_use_stops_the_worker_with_a_clear_error():
+    from django.core.management import CommandError, call_command
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"--metrics-port {port}: .*in use"):
+            call_command("run_outbox", "--metrics-port", str(port), "--once")
