@@ -58,6 +58,11 @@ DEFAULTS: dict[str, Any] = {
     "RELAY_QUEUE_LIMIT": 200,
     # PostgreSQL channel the send path NOTIFYs and the worker LISTENs on.
     "NOTIFY_CHANNEL": "outbox",
+    # The metrics view (outbox.metrics.views.metrics) serves staff users, and also a
+    # request that sends "Authorization: Bearer <METRICS_TOKEN>" when this is set...
+    "METRICS_TOKEN": None,
+    # ...or that comes from one of these addresses or networks ("10.0.0.0/8", "::1").
+    "METRICS_ALLOWED_IPS": (),
     # Automatic pruning by the worker: done events that finished longer ago than this
     # (seconds, or a timedelta) are deleted. None (the default) keeps them until
     # ``manage.py outbox_prune`` deletes them.
@@ -66,11 +71,6 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_INTERVAL": 300.0,
     # Rows deleted per statement (and so per transaction) when pruning.
     "PRUNE_BATCH_SIZE": 1000,
-    # The metrics view (outbox.metrics.views.metrics) serves staff users, and also a
-    # request that sends "Authorization: Bearer <METRICS_TOKEN>" when this is set...
-    "METRICS_TOKEN": None,
-    # ...or that comes from one of these addresses or networks ("10.0.0.0/8", "::1").
-    "METRICS_ALLOWED_IPS": (),
 }
 
 
