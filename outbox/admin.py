@@ -157,6 +157,7 @@ class EventAdmin(admin.ModelAdmin):
         ),
         (_("Last error"), {"fields": ("last_error", "traceback")}),
         (_("Payload"), {"fields": ("payload_json",)}),
+        (_("Trace"), {"fields": ("trace_context",)}),  # the sender's span (outbox.tracing)
     )
     readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 

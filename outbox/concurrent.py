@@ -30,7 +30,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 
-from . import queries
+from . import observability, queries
 from .claims import FLUSH_AFTER, Claim
 from .coroutines import is_async
 from .current import enter
@@ -170,6 +170,8 @@ class Runner:
     def _noted(self, claim: Claim, row: queries.Claimed, succeeded: bool, recorded: bool = False) -> None:
         """A row's outcome is known (and, unless a pending success, written): free its slot."""
         claim.ran(row.id, succeeded, recorded)
+        if succeeded:
+            observability.done(row)
         self._free()
 
     # --- threads ---------------------------------------------------------------------
@@ -297,6 +299,8 @@ class Runner:
         # This task runs in a context of its own (a copy, taken when it was created), and
         # the receiver's inner task copies it in turn: each sees its own event only.
         enter(ready.row)
+        watch = observability.watching(ready)
+        watch.begin()  # its span is current in this task only
         try:
             coroutine = ready.spec.func(signal=ready.signal, sender=ready.sender, **ready.kwargs)
             if not timeout:
@@ -314,6 +318,7 @@ class Runner:
                     failure = ReceiverTimeout(f"the receiver ran over its timeout of {timeout}s: cancelled")
         except BaseException as exc:  # noqa: BLE001 - calling the receiver raised: its failure
             failure = exc
+        watch.end(failure)
         if failure is None and not row.alone:
             self._noted(claim, row, True)
             return

@@ -8,6 +8,7 @@ looked up once and again whenever Django's ``setting_changed`` signal names it, 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -57,6 +58,11 @@ DEFAULTS: dict[str, Any] = {
     "RELAY_QUEUE_LIMIT": 200,
     # PostgreSQL channel the send path NOTIFYs and the worker LISTENs on.
     "NOTIFY_CHANNEL": "outbox",
+    # The metrics view (outbox.metrics.views.metrics) serves staff users, and also a
+    # request that sends "Authorization: Bearer <METRICS_TOKEN>" when this is set...
+    "METRICS_TOKEN": None,
+    # ...or that comes from one of these addresses or networks ("10.0.0.0/8", "::1").
+    "METRICS_ALLOWED_IPS": (),
     # Automatic pruning by the worker: done events that finished longer ago than this
     # (seconds, or a timedelta) are deleted. None (the default) keeps them until
     # ``manage.py outbox_prune`` deletes them.
@@ -109,6 +115,11 @@ class Settings:
     def database(self) -> str:
         """The alias used when a signal names no database."""
         return self.DATABASE or "default"
+
+    @property
+    def metrics_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """``METRICS_ALLOWED_IPS`` as networks (a single address is a network of one)."""
+        return [ipaddress.ip_network(value, strict=False) for value in self.METRICS_ALLOWED_IPS]
 
     @property
     def prune_after(self) -> datetime.timedelta | None:

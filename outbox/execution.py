@@ -19,7 +19,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from . import coroutines, queries
+from . import coroutines, observability, queries
 from .claims import Claim
 from .current import running
 from .decoding import PayloadDecoder
@@ -58,6 +58,7 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
     began = time.perf_counter()
     started_before, done_before = claim.started, claim.succeeded
     decoder, payloads = decode_batch(claim.rows)
+    count_done = observability.done
     while not should_stop():
         row = claim.next()
         if row is None:
@@ -75,6 +76,8 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
             logger.debug(
                 "event %d %s done in %.1f ms (attempt %d)", row.id, row.receiver, elapsed, row.attempts
             )
+        if succeeded:
+            count_done(row)
     if info:
         ran, done = claim.started - started_before, claim.succeeded - done_before
         left = f", {len(claim) - ran} handed back" if ran < len(claim) else ""
@@ -203,7 +206,7 @@ def call_receiver(ready: Prepared, before_done: Callable[[], None] | None = None
     before = open_transactions()
     failure: BaseException | None = None
     try:
-        with running(ready.row):
+        with running(ready.row), observability.watching(ready):
             spec = ready.spec
             if spec.atomic and ready.claim is not None:
                 _call_atomically(ready, before_done)
@@ -306,6 +309,7 @@ def record_failure(
         return
     retry_in = next_attempt(row, exc, permanent, retry_in)
     claim.fail(row.id, error, trace, retry_in)
+    observability.failed(row, retry_in is None)
     outcome = "failed for good" if retry_in is None else f"failed, retry in {retry_in:.1f}s"
     logger.warning(
         "event %d %s %s in %.1f ms (attempt %d/%d): %s",

@@ -11,6 +11,7 @@ raises ``OverflowError`` in the worker.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import math
 from dataclasses import dataclass
 from numbers import Real
@@ -136,6 +137,10 @@ def setting_problem(key: str, value: Any) -> Problem | None:
         if value is not None and not _SECONDS.holds(seconds):
             return Problem("outbox.E007", f"{shown} is out of range.", hint)
         return None
+    if key == "METRICS_TOKEN" and value is not None and not (isinstance(value, str) and value):
+        return Problem("outbox.E004", f"{shown} must be None or a non-empty string.", "See the README.")
+    if key == "METRICS_ALLOWED_IPS":
+        return _networks_problem(shown, value)
     if key in ("DATABASE", "DISPATCHER", "NOTIFY_CHANNEL") and not isinstance(value, str):
         if value is None and key != "NOTIFY_CHANNEL":
             return None
@@ -146,4 +151,16 @@ def setting_problem(key: str, value: Any) -> Problem | None:
             f"{shown} is out of range.",
             f"NOTIFY_CHANNEL takes a PostgreSQL channel name from 1 to {MAX_CHANNEL_BYTES} bytes long.",
         )
+    return None
+
+
+def _networks_problem(shown: str, value: Any) -> Problem | None:
+    hint = 'METRICS_ALLOWED_IPS takes a list of addresses or networks, such as ["10.0.0.0/8", "::1"].'
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        return Problem("outbox.E004", f"{shown} must be a list or tuple of strings.", hint)
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            return Problem("outbox.E004", f"{shown}: {item!r} is not an IP address or network.", hint)
     return None

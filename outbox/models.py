@@ -54,6 +54,9 @@ class Event(models.Model):
     dedupe_key = models.CharField(  # noqa: DJ001 - NULL: not coalesced, and out of the index
         max_length=255, null=True, blank=True, help_text=_("Not sent again while this is pending.")
     )
+    # The sender's W3C trace context ({"traceparent": ..., "tracestate": ...}) when an
+    # OpenTelemetry span was active at send time (outbox.tracing); NULL otherwise.
+    trace_context = models.JSONField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField()
     # When the receiver's last attempt started, written with its outcome (queries.complete,
     # queries.record_failure); NULL before, and for rows finished by older code.

@@ -62,6 +62,8 @@ _COLUMNS = (
     "created_at, last_error, last_traceback, queue, ordering_key, dedupe_key"
 )
 
+_TRACED_COLUMNS = f"{_COLUMNS}, trace_context"  # see insert_events()
+
 # The values of a new event, in _COLUMNS order: signal, receiver, payload, max_attempts,
 # available_at, created_at, queue, ordering_key, dedupe_key (PostgreSQL: see
 # _postgresql_insert(), which uses its clock).
@@ -150,7 +152,7 @@ _DUE = "status IN ('pending', 'running') AND available_at <= {now}"
 # UPDATE has in hand anyway, so they cost no lookup.
 _RETURNING = (
     "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
-    "queue, ordering_key, created_at"
+    "queue, ordering_key, created_at, trace_context"
 )
 
 # Per-key ordering: a keyed event is claimable only at the head of its key, when no
@@ -264,6 +266,8 @@ class Claimed:
     queue: str = "default"
     ordering_key: str | None = None
     created_at: datetime.datetime | None = None
+    #: The sender's W3C trace context (JSON text or a dict), None if none was stored.
+    trace_context: Any = None
 
 
 def _claimed(connection: Any, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
@@ -325,7 +329,13 @@ def database_now(alias: str) -> datetime.datetime:
         return cursor.fetchone()[0]
 
 
-def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payload: str) -> None:
+def insert_events(
+    alias: str,
+    signal: str,
+    receivers: Sequence[NewEvent],
+    payload: str,
+    trace_context: str | None = None,
+) -> None:
     """Write one pending event per :class:`NewEvent` (a receiver, its max_attempts, queue and
     ordering key), all with this payload, in one INSERT on ``alias``, in whatever
     transaction is open there.
@@ -336,6 +346,8 @@ def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payloa
     ``failed`` event is written parked (see :data:`PARKED`); a delayed one is due ``delay``
     seconds after the statement (its key's later events wait behind it, in id order); one
     with a dedupe key is skipped while a fresh row holds its key (:data:`DEDUPE_CONFLICT`).
+    ``trace_context`` (JSON text, see :mod:`outbox.tracing`) is written into every row; the
+    column is only named in the statement when there is one, so untraced sends are unchanged.
     No receivers: no statement.
     """
     receivers = [NewEvent(*row) for row in receivers]
@@ -347,25 +359,30 @@ def insert_events(alias: str, signal: str, receivers: Sequence[NewEvent], payloa
         now = timezone.now()
         when, park_at = _adapt(connection, now), _adapt(connection, parked())
         rows, params = [], []
+        columns, traced = (_COLUMNS, "") if trace_context is None else (_TRACED_COLUMNS, ", %s")
         for receiver, max_attempts, queue, key, delay, dedupe in receivers:
             due = _adapt(connection, now + datetime.timedelta(seconds=delay)) if delay else when
             if key is None:
-                rows.append(f"({_VALUES.format(available='%s')})")
+                rows.append(f"({_VALUES.format(available='%s')}{traced})")
                 params += [signal, receiver, payload, max_attempts, due, when, queue, key, dedupe]
             else:
                 park = _PARK_IF_BLOCKED.format(receiver="%s", key="%s", parked="%s", now="%s")
-                rows.append(f"({_VALUES.format(available=park)})")
+                rows.append(f"({_VALUES.format(available=park)}{traced})")
                 params += [signal, receiver, payload, max_attempts, receiver, key, park_at, due]
                 params += [when, queue, key, dedupe]
+            if traced:
+                params.append(trace_context)
         with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {', '.join(rows)}{conflict}", params)
+            cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{conflict}", params)
         return
     notify = not (
         connection.in_atomic_block
         and any(func is _notified_marker for _, func, _ in connection.run_on_commit)
     )
     with connection.cursor() as cursor:
-        statement = _postgresql_insert(cursor.cursor.connection, signal, receivers, payload, notify)
+        statement = _postgresql_insert(
+            cursor.cursor.connection, signal, receivers, payload, notify, trace_context
+        )
         cursor.execute(statement + conflict)
     if notify and connection.in_atomic_block:
         connection.on_commit(_notified_marker)
@@ -395,6 +412,7 @@ def _postgresql_insert(
     receivers: Sequence[NewEvent],
     payload: str,
     notify: bool,
+    trace_context: str | None = None,
 ) -> str:
     """The INSERT (deciding on its NOTIFY) as one statement, values written in as literals.
 
@@ -407,6 +425,9 @@ def _postgresql_insert(
     """
     quoted = _quote(pg, payload)
     payload_value = f"{quoted}::jsonb, "  # no str.format() past this point: JSON has braces
+    columns, traced = _POSTGRESQL_COLUMNS, ""
+    if trace_context is not None:
+        columns, traced = _POSTGRESQL_TRACED_COLUMNS, f", {_quote(pg, trace_context)}::jsonb"
     rows: list[str] = []
     locks: set[tuple[int, int]] = set()
     for receiver, max_attempts, queue, key, delay, dedupe in receivers:
@@ -428,13 +449,13 @@ def _postgresql_insert(
         dedupe_value = "NULL" if dedupe is None else _quote(pg, dedupe)
         rows.append(
             f"{head}{last_error}, {payload_value}{available}, {_PG_NOW}, {queue_value}, {key_value}, "
-            f"{dedupe_value})"
+            f"{dedupe_value}{traced})"
         )
     if not locks:
-        return f"INSERT INTO {TABLE} ({_POSTGRESQL_COLUMNS}) VALUES {', '.join(rows)}"
+        return f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}"
     # Sorted, so two statements locking the same keys cannot deadlock each other.
     taken = ", ".join(f"pg_advisory_xact_lock({cls}, {key})" for cls, key in sorted(locks))
-    return _ORDERED_INSERT.format(locks=taken, columns=_POSTGRESQL_COLUMNS, rows=", ".join(rows))
+    return _ORDERED_INSERT.format(locks=taken, columns=columns, rows=", ".join(rows))
 
 
 # Keyed events are written after their keys' advisory locks are taken, held to the end of
@@ -480,6 +501,8 @@ _POSTGRESQL_COLUMNS = (
     "signal, receiver, status, attempts, max_attempts, worker, last_traceback, last_error, payload, "
     "available_at, created_at, queue, ordering_key, dedupe_key"
 )
+# With the sender's trace context, last: a send with no active span names no extra column.
+_POSTGRESQL_TRACED_COLUMNS = f"{_POSTGRESQL_COLUMNS}, trace_context"
 _row_heads: dict[tuple[str, str, int], str] = {}
 
 

@@ -29,6 +29,7 @@ from .async_send import asend_hint
 from .conf import settings
 from .exceptions import RegistrationError, SerializationError
 from .lazy_senders import Pending, model_key
+from .tracing import capture as capture_trace
 
 __all__ = ["ReceiverSpec", "connect", "disconnect", "get_receiver", "get_signal", "registry"]
 
@@ -304,7 +305,7 @@ class _DeferToOutbox:
             for spec in specs
         ]
         with asend_hint(lambda: self.signal_name):
-            queries.insert_events(_database(kwargs), self.signal_name, rows, payload)
+            queries.insert_events(_database(kwargs), self.signal_name, rows, payload, capture_trace())
 
 
 def _path_of(func: Callable[..., Any]) -> str:

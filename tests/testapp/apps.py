@@ -14,3 +14,4 @@ class TestAppConfig(AppConfig):
             from . import slow_receivers
 
             slow_receivers.connect()
+        from . import observed  # noqa: F401 - the observability tests' receivers

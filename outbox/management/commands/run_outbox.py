@@ -11,13 +11,16 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from outbox import metrics
 from outbox.checks import check_settings
 from outbox.conf import settings
-from outbox.limits import SETTINGS
+from outbox.limits import SETTINGS, Range
 from outbox.management import arguments
 from outbox.management.arguments import within
+from outbox.metrics import MetricsUnavailable
 from outbox.worker import Worker
 
+_PORT = Range(int, 1, 65535)
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
 
@@ -62,6 +65,12 @@ class Command(BaseCommand):
             action="store_true",
             help="Poll only; do not LISTEN (for PgBouncer in transaction pooling mode).",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=within(_PORT),
+            metavar="PORT",
+            help="Serve this worker's Prometheus metrics over HTTP on PORT (the metrics extra).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Refuse to start on a bad setting (as manage.py's own checks do, unless skipped)
@@ -73,6 +82,11 @@ class Command(BaseCommand):
                 "refusing to start: "
                 + "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in problems)
             )
+        if options["metrics_port"] is not None:
+            try:
+                metrics.serve(options["metrics_port"])
+            except (MetricsUnavailable, OSError) as exc:
+                raise CommandError(f"--metrics-port {options['metrics_port']}: {exc}") from exc
         worker = Worker(
             options["database"] or settings.database,
             batch_size=options["batch_size"],
