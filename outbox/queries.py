@@ -18,6 +18,7 @@ machine, times come from the process's clock (``timezone.now()``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 import zlib
@@ -979,7 +980,9 @@ def _insert_mysql(connection: Any, alias: str, signal: str, receivers: Sequence[
     moment = timezone.now()
     keyed = sorted({(row.receiver, row.ordering_key) for row in receivers if row.ordering_key is not None})
     rows, params = [], []
-    with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cursor:
+    # Unkeyed events need no transaction of their own: one INSERT is atomic.
+    atomic = transaction.atomic(using=alias, savepoint=False) if keyed else contextlib.nullcontext()
+    with atomic, connection.cursor() as cursor:
         blocked: set[tuple[str, bytes]] = set()
         if keyed:
             locks = sorted({key_lock(receiver, key)[1] for receiver, key in keyed})

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from outbox.checks import check_settings
+from outbox.checks import check_settings, database_problem
 from outbox.conf import settings
 from outbox.limits import SETTINGS
 from outbox.management import arguments
@@ -68,6 +68,9 @@ class Command(BaseCommand):
         # rather than die of it later, in a wait, a datetime or a query. The migrations are
         # checked by the worker, which waits out an unreachable database first.
         problems = check_settings()
+        if not problems:  # and not on a database it cannot claim from
+            problem = database_problem(options["database"] or settings.database)
+            problems = [problem] if problem else []
         if problems:
             raise CommandError(
                 "refusing to start: "
