@@ -9,6 +9,12 @@ does, and InnoDB's unique indexes allow any number of NULLs, which makes ``dedup
 unique among fresh rows only. Keys are compared as bytes (``VARBINARY``): the tables'
 collations are often case- and trailing-space-insensitive, the other databases are not.
 
+``payload`` becomes plain ``LONGTEXT`` (utf8mb4, binary collation) on both: on MySQL, the
+binary ``JSON`` type sorts object keys (in an order its manual does not promise to keep
+between releases) and stores numbers as doubles; on MariaDB, Django's JSON column is already
+``LONGTEXT``, but its ``JSON_VALID`` check refuses nesting 32 levels deep, which the outbox
+allows. The outbox writes valid JSON and delivers payloads exactly as it wrote them.
+
 ``outbox_key_lock`` is what PostgreSQL's advisory transaction locks do for senders of
 ordering keys (queries.lock_keys_mysql): one row per key hash, locked by an upsert until
 the sender's transaction ends.
@@ -33,6 +39,13 @@ FORWARDS = [
     "CREATE UNIQUE INDEX outbox_event_dedupe_my ON outbox_event (receiver, dedupe_slot)",
     "CREATE TABLE outbox_key_lock (id bigint NOT NULL PRIMARY KEY) ENGINE=InnoDB",
 ]
+# The payload as text (see the docstring): MySQL's JSON column, MariaDB's checked LONGTEXT.
+_TEXT = "ALTER TABLE outbox_event MODIFY payload longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+PAYLOAD_AS_TEXT = {"mysql": [_TEXT], "mariadb": [_TEXT]}  # MariaDB: a MODIFY drops a column's CHECK
+PAYLOAD_AS_JSON = {
+    "mysql": ["ALTER TABLE outbox_event MODIFY payload json NOT NULL"],
+    "mariadb": [f"{_TEXT} CHECK (JSON_VALID(payload))"],
+}
 BACKWARDS = [
     "DROP TABLE outbox_key_lock",
     "DROP INDEX outbox_event_dedupe_my ON outbox_event",
@@ -44,11 +57,16 @@ BACKWARDS = [
 ]
 
 
-def _run(statements):
+def _run(statements, first=None, last=None):
+    """Run ``statements`` on MySQL and MariaDB, after ``first`` and before ``last`` of each
+    flavour ("mysql", "mariadb")."""
+
     def run(apps, schema_editor):
-        if schema_editor.connection.vendor != "mysql":
+        connection = schema_editor.connection
+        if connection.vendor != "mysql":
             return
-        for statement in statements:
+        flavour = "mariadb" if connection.mysql_is_mariadb else "mysql"
+        for statement in [*(first or {}).get(flavour, ()), *statements, *(last or {}).get(flavour, ())]:
             schema_editor.execute(statement)
 
     return run
@@ -57,4 +75,8 @@ def _run(statements):
 class Migration(migrations.Migration):
     atomic = False  # DDL on MySQL commits anyway; Django refuses it inside a transaction
     dependencies = [("outbox", "0006_event_dedupe_key")]
-    operations = [migrations.RunPython(_run(FORWARDS), _run(BACKWARDS), elidable=False)]
+    operations = [
+        migrations.RunPython(
+            _run(FORWARDS, first=PAYLOAD_AS_TEXT), _run(BACKWARDS, last=PAYLOAD_AS_JSON), elidable=False
+        )
+    ]
