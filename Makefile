@@ -63,13 +63,16 @@ test-postgres: venv chromium faketime postgres-up
 test-mysql: venv chromium faketime mysql-client
 	DATABASE_URL=$(MYSQL_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
-.PHONY: mysql-client
-mysql-client: venv
+.PHONY: mysql-client mysql-client-dev
+mysql-client: venv mysql-client-dev
+	@$(PY) -c 'import MySQLdb' 2>/dev/null || $(PY) -m pip install -q -e '.[mysql]'
+
+# The headers and pkg-config that building mysqlclient needs (Debian packages).
+mysql-client-dev:
 	@{ command -v pkg-config >/dev/null && pkg-config --exists mysqlclient; } || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q default-libmysqlclient-dev pkg-config; }
-	@$(PY) -c 'import MySQLdb' 2>/dev/null || $(PY) -m pip install -q -e '.[mysql]'
 
 # Relay throughput (django-q2) beside in-process dispatch; see bench/relay.py for options.
 .PHONY: bench-relay
@@ -152,16 +155,25 @@ BENCH_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3
 
 $(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
 	@test -n "$(BENCH_PYTHON)" || { echo "make bench needs Python >= 3.12 (django-tasks-db runs on Django 6); set BENCH_PYTHON"; exit 1; }
+	$(MAKE) mysql-client-dev
 	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --upgrade pip
-	$(BENCH_PY) -m pip install -q -e '.[postgres]' -r bench/requirements.txt
+	$(BENCH_PY) -m pip install -q -e '.[postgres,mysql]' -r bench/requirements.txt
 	touch $@
 
 bench: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --pg $(BENCH_PG)
+	$(MAKE) bench-databases
 	$(MAKE) bench-io
 	@echo "Relay (django-q2) beside in-process dispatch, events/s:"
 	$(MAKE) bench-relay BENCH_RELAY_ARGS="$(or $(BENCH_RELAY_ARGS),--events 1000 --runs 3)"
+
+# Ours on MariaDB/MySQL beside PostgreSQL (bench/databases.py): write path and drain rate.
+# BENCH_MYSQL names the server and database it recreates; BENCH_DATABASES_ARGS="--events 2000".
+BENCH_MYSQL ?= mysql://root@127.0.0.1:3306/bench_databases
+.PHONY: bench-databases
+bench-databases: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.databases --pg $(BENCH_PG)_databases --mysql $(BENCH_MYSQL) $(BENCH_DATABASES_ARGS)
 
 # Prints the Python the benchmarks would use (empty when there is none).
 bench-python:
