@@ -112,6 +112,17 @@ def test_the_key_function_gets_the_sender_the_signal_and_the_arguments():
 
 
 @override_settings(OUTBOX={"BACKOFF_BASE_SECONDS": 30})
+def test_keys_that_differ_only_in_case_or_a_trailing_space_are_other_keys(drain):
+    # MySQL's usual collations would call these equal; the outbox compares keys as bytes.
+    send("alice", 1, fail="until_fixed")
+    drain()  # fails: "alice" is blocked while it waits for its retry
+    send("alice", 2)
+    send("Alice", 1)
+    send("alice ", 1)
+    assert claimed() == ["Alice", "alice "]
+
+
+@override_settings(OUTBOX={"BACKOFF_BASE_SECONDS": 30})
 def test_a_failed_event_blocks_its_key_and_parks_what_comes_after(drain):
     send("alice", 1, fail="until_fixed")
     drain()  # fails, retried after its backoff: its key stays blocked meanwhile
