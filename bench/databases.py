@@ -36,8 +36,8 @@ def _recreate(url: str) -> None:
     """Drop and create the database ``url`` names (its server's maintenance database)."""
     base, name = url.rsplit("/", 1)
     if url.startswith("mysql"):
-        import MySQLdb
         import dj_database_url
+        import MySQLdb
 
         db = dj_database_url.parse(url)
         conn = MySQLdb.connect(

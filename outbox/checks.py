@@ -181,7 +181,9 @@ def database_problem(alias: str) -> Error | None:
             return None
         found = f"{name} {'.'.join(map(str, version))}"
         need = f"{name} {'.'.join(map(str, minimum))}"
-        hint = f"Upgrade to {need} or later (it has SELECT ... FOR UPDATE SKIP LOCKED, which the claim needs)."
+        hint = (
+            f"Upgrade to {need} or later (it has SELECT ... FOR UPDATE SKIP LOCKED, which the claim needs)."
+        )
     else:
         found, hint = f"a {vendor!r} database", f"Put the outbox on {_SUPPORTED} (OUTBOX['DATABASE'])."
     return Error(

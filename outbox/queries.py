@@ -813,7 +813,9 @@ def run_alone(alias: str, token: str, event_id: int) -> int | None:
         if not returning:  # the token fences the read as it fenced the write
             if not cursor.rowcount:
                 return None
-            cursor.execute(f"SELECT attempts FROM {TABLE} WHERE id = %s AND lease_token = %s", [event_id, token])
+            cursor.execute(
+                f"SELECT attempts FROM {TABLE} WHERE id = %s AND lease_token = %s", [event_id, token]
+            )
         row = cursor.fetchone()
     return None if row is None else row[0]
 
@@ -918,7 +920,9 @@ _SET_RUNNING_MYSQL = (
 )
 
 
-def _claim_mysql(alias: str, params: dict[str, Any], lease_seconds: float, queues: list[str] | None) -> list[Claimed]:
+def _claim_mysql(
+    alias: str, params: dict[str, Any], lease_seconds: float, queues: list[str] | None
+) -> list[Claimed]:
     """:func:`claim` on MySQL/MariaDB: lock the due ids (SKIP LOCKED), mark them running,
     read them back, in one transaction that holds its row locks only for those three
     statements. The worker's connection is in autocommit, so this is its own transaction."""
@@ -970,7 +974,9 @@ _BLOCKED_MYSQL = (
 )
 
 
-def _insert_mysql(connection: Any, alias: str, signal: str, receivers: Sequence[NewEvent], payload: str) -> None:
+def _insert_mysql(
+    connection: Any, alias: str, signal: str, receivers: Sequence[NewEvent], payload: str
+) -> None:
     """:func:`insert_events` on MySQL/MariaDB: one INSERT, after the key locks and the test
     for blocked keys when some events are keyed (in a transaction: the sender's, or one
     of its own in autocommit, so that the locks cover the INSERT)."""
@@ -1001,9 +1007,7 @@ def _insert_mysql(connection: Any, alias: str, signal: str, receivers: Sequence[
                 due, due_params = "%s", [_adapt(connection, later)]
             if key is not None and (receiver, key.encode()) in blocked:
                 due, due_params = "%s", [park_at]
-            rows.append(
-                f"(%s, %s, %s, 'pending', 0, %s, {due}, '', {when}, '', '', %s, %s, %s)"
-            )
+            rows.append(f"(%s, %s, %s, 'pending', 0, %s, {due}, '', {when}, '', '', %s, %s, %s)")
             params += [signal, receiver, payload, max_attempts, *due_params, *when_params, queue, key, dedupe]
         dedupe = _DEDUPE_MYSQL if any(row.dedupe_key is not None for row in receivers) else ""
         cursor.execute(f"INSERT INTO {TABLE} ({_MY_COLUMNS}) VALUES {', '.join(rows)}{dedupe}", params)
@@ -1013,7 +1017,9 @@ def _park_behind_mysql(cursor: Any, connection: Any, event_id: int) -> None:
     """_PARK_BEHIND on MySQL, which refuses a subquery on the table an UPDATE writes: the
     failed row's receiver and key first (primary key), then its pending followers
     (outbox_event_key_my)."""
-    cursor.execute(f"SELECT receiver, ordering_key FROM {TABLE} WHERE id = %s AND status = 'failed'", [event_id])
+    cursor.execute(
+        f"SELECT receiver, ordering_key FROM {TABLE} WHERE id = %s AND status = 'failed'", [event_id]
+    )
     row = cursor.fetchone()
     if row is None or row[1] is None:
         return

@@ -1,5 +1,6 @@
-"""Chaos on PostgreSQL (and on MariaDB/MySQL, but the server restart), at a size that fits in CI: killed workers, lost connections and a
-restarted server lose nothing, and duplicates stay within the rows in flight.
+"""Chaos on PostgreSQL (and on MariaDB/MySQL, but the server restart), at a size that fits
+in CI: killed workers, lost connections and a restarted server lose nothing, and
+duplicates stay within the rows in flight.
 ``make chaos`` runs the same code (``tests/chaos.py``) at full size."""
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def _terminate_other_sessions() -> int:
     with connection.cursor() as cursor:
         if connection.vendor == "mysql":
             cursor.execute(
-                "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
             )
             sessions = [row[0] for row in cursor.fetchall()]
             for session in sessions:
