@@ -904,12 +904,22 @@ CLAIM_IDS_MYSQL = (
     f"SELECT id FROM {TABLE} FORCE INDEX (outbox_event_due_my) WHERE due_at <= {{now}} "
     f"AND {HEAD_OF_KEY_MYSQL} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED"
 )
-# Named queues: one range of outbox_event_queue_due_my (queue, due_at, id) per queue, the
-# earliest of them taken (the optimizer merges the ranges and sorts what is due).
-CLAIM_QUEUE_IDS_MYSQL = (
-    f"SELECT id FROM {TABLE} WHERE queue IN ({{queues}}) AND due_at <= {{now}} "
-    f"AND {HEAD_OF_KEY_MYSQL} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED"
+# Named queues: one ordered range of outbox_event_queue_due_my (queue, due_at, id) per
+# queue, each its first ``limit`` due rows locked, the earliest ``limit`` of all taken (as
+# on PostgreSQL; the others' locks go when the claim's transaction ends, at once).
+_ONE_QUEUE_IDS_MYSQL = (
+    f"(SELECT id, due_at FROM {TABLE} FORCE INDEX (outbox_event_queue_due_my) WHERE queue = %s "
+    f"AND due_at <= {{now}} AND {HEAD_OF_KEY_MYSQL} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
 )
+
+
+def _claim_queue_ids_mysql(count: int, now: str) -> str:
+    """The ids of a claim of ``count`` named queues (parameters: per queue its name, the
+    ``now`` parameters and the limit; then the limit)."""
+    each = " UNION ALL ".join([_ONE_QUEUE_IDS_MYSQL.format(now=now)] * count)
+    return f"SELECT id FROM ({each}) AS due ORDER BY due_at, id LIMIT %s"
+
+
 # _SET_RUNNING in the order MySQL needs: attempts reads the old status and batch_attempt,
 # batch_attempt the old status; status is written after both.
 _SET_RUNNING_MYSQL = (
@@ -939,9 +949,9 @@ def _claim_mysql(
     if queues is None:
         select, select_params = CLAIM_IDS_MYSQL.format(now=now), [*now_params, params["limit"]]
     else:
-        marks = ", ".join(["%s"] * len(queues))
-        select = CLAIM_QUEUE_IDS_MYSQL.format(queues=marks, now=now)
-        select_params = [*queues, *now_params, params["limit"]]
+        select = _claim_queue_ids_mysql(len(queues), now)
+        select_params = [value for queue in queues for value in (queue, *now_params, params["limit"])]
+        select_params.append(params["limit"])
     with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cursor:
         cursor.execute(select, select_params)
         ids = [row[0] for row in cursor.fetchall()]

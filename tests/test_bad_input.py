@@ -293,7 +293,8 @@ def test_a_payload_nested_deeper_than_the_json_parser_goes_fails_alone(drain):
     deep = "[" * 990 + "]" * 990
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
+            f"INSERT INTO outbox_event ({connection.ops.quote_name('signal')}, receiver, payload, status, "
+            "attempts, max_attempts, "
             "available_at, worker, created_at, last_error, last_traceback) "
             "VALUES (%s, %s, %s, 'pending', 0, 5, %s, '', %s, '', '')",
             [
