@@ -17,7 +17,7 @@ import outbox
 from outbox import queries
 from outbox.exceptions import RegistrationError, SerializationError
 from outbox.models import Event
-from tests.conftest import postgres_only, wait_for
+from tests.conftest import skip_locked_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.routed import overlaps, steps
 from tests.testapp.signals import ordered
@@ -243,7 +243,7 @@ def test_other_keys_keep_flowing_while_a_worker_process_holds_one_blocked(worker
     assert worker.wait() == 0
 
 
-@postgres_only
+@skip_locked_only  # concurrent writers: PostgreSQL's advisory lock, MySQL's outbox_key_lock row
 def test_a_second_sender_of_a_key_waits_for_the_first_to_commit():
     # Ids of one key follow commit order: else a claim could run the later event while
     # the earlier one is still uncommitted, and out of order.
