@@ -640,8 +640,8 @@ def take(
         )
         if returning:
             rows = _claimed(connection, cursor.fetchall())
-        else:  # the fresh token names the rows taken
-            cursor.execute(f"{_SELECT_CLAIMED_MYSQL} WHERE lease_token = %s", [token])
+        else:  # the fresh token names the rows taken (primary key)
+            cursor.execute(f"{_SELECT_CLAIMED_MYSQL} WHERE {test} AND lease_token = %s", [*id_params, token])
             rows = _claimed(connection, cursor.fetchall())
     return token, rows
 
