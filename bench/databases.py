@@ -3,7 +3,7 @@
 For each database URL: the write path (saves per second of one client whose transaction
 saves a row and sends to one deferred receiver, beside the save alone) and the drain rate
 (a backlog of ``--events`` events, committed at once, run by ``--workers`` run_outbox
-processes polling every 0.2 s, timed from the commit until none is left). Each database is
+processes polling every 0.2 s, started beforehand, timed from the commit until none is left). Each database is
 dropped and migrated afresh. Prints one table; ``--json`` adds the figures as JSON.
 
     python -m bench.databases --pg postgres://postgres@127.0.0.1:5432/bench_db \\
@@ -134,10 +134,9 @@ def _remaining(url: str) -> int:
 
 
 def drain(url: str, events: int, workers: int) -> float:
-    """Events per second: ``workers`` processes drain a committed backlog of ``events``."""
-    _in_child(url, "fill", "--events", str(events))
+    """Events per second: ``workers`` processes, started and idle, drain a backlog of
+    ``events`` committed at once; timed from the end of the commit until none is left."""
     env = {**os.environ, "BENCH_DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": SETTINGS}
-    started = time.perf_counter()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "django", "run_outbox", "-v0", "--batch-size", "100"], cwd=ROOT, env=env
@@ -145,8 +144,11 @@ def drain(url: str, events: int, workers: int) -> float:
         for _ in range(workers)
     ]
     try:
+        time.sleep(3)  # started and polling
+        _in_child(url, "fill", "--events", str(events))
+        started = time.perf_counter()
         while _remaining(url):
-            time.sleep(0.1)
+            time.sleep(0.05)
         elapsed = time.perf_counter() - started
     finally:
         for proc in procs:
@@ -172,7 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/bench_databases")
     parser.add_argument("--mysql", default="mysql://root@127.0.0.1:3306/bench_databases")
-    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each write-path run")
     parser.add_argument("--json", action="store_true")
