@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 # The PostgreSQL half of the suite: DATABASE_URL if it names PostgreSQL, else the local server.
 PG_URL ?= $(or $(filter postgres%,$(DATABASE_URL)),postgres://postgres@127.0.0.1:5432/test)
 SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
+# The MariaDB/MySQL half of the suite: DATABASE_URL if it names MySQL, else the local server.
+MYSQL_URL ?= $(or $(filter mysql%,$(DATABASE_URL)),mysql://root@127.0.0.1:3306/test)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres lint checks postgres-up clean test-matrix matrix-one
+.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint checks postgres-up clean test-matrix matrix-one
 .PHONY: chaos
 .PHONY: bench bench-smoke
 
@@ -38,7 +40,7 @@ demo-server: demo
 	  trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	  cd example && ../$(PY) manage.py runserver 127.0.0.1:8000
 
-test: lint checks test-sqlite test-postgres
+test: lint checks test-sqlite test-postgres test-mysql
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -55,6 +57,22 @@ test-sqlite: venv chromium faketime
 
 test-postgres: venv chromium faketime postgres-up
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+# mysqlclient (the `mysql` extra) builds against Debian's client library: mysql-client
+# installs it and pkg-config from apt when missing, then the extra into the virtualenv.
+test-mysql: venv chromium faketime mysql-client
+	DATABASE_URL=$(MYSQL_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: mysql-client mysql-client-dev
+mysql-client: venv mysql-client-dev
+	@$(PY) -c 'import MySQLdb' 2>/dev/null || $(PY) -m pip install -q -e '.[mysql]'
+
+# The headers and pkg-config that building mysqlclient needs (Debian packages).
+mysql-client-dev:
+	@{ command -v pkg-config >/dev/null && pkg-config --exists mysqlclient; } || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q default-libmysqlclient-dev pkg-config; }
 
 # Relay throughput (django-q2) beside in-process dispatch; see bench/relay.py for options.
 .PHONY: bench-relay
@@ -141,16 +159,25 @@ BENCH_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3
 
 $(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
 	@test -n "$(BENCH_PYTHON)" || { echo "make bench needs Python >= 3.12 (django-tasks-db runs on Django 6); set BENCH_PYTHON"; exit 1; }
+	$(MAKE) mysql-client-dev
 	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --upgrade pip
-	$(BENCH_PY) -m pip install -q -e '.[postgres]' -r bench/requirements.txt
+	$(BENCH_PY) -m pip install -q -e '.[postgres,mysql]' -r bench/requirements.txt
 	touch $@
 
 bench: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.run --pg $(BENCH_PG)
+	$(MAKE) bench-databases
 	$(MAKE) bench-io
 	@echo "Relay (django-q2) beside in-process dispatch, events/s:"
 	$(MAKE) bench-relay BENCH_RELAY_ARGS="$(or $(BENCH_RELAY_ARGS),--events 1000 --runs 3)"
+
+# Ours on MariaDB/MySQL beside PostgreSQL (bench/databases.py): write path and drain rate.
+# BENCH_MYSQL names the server and database it recreates; BENCH_DATABASES_ARGS="--events 2000".
+BENCH_MYSQL ?= mysql://root@127.0.0.1:3306/bench_databases
+.PHONY: bench-databases
+bench-databases: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.databases --pg $(BENCH_PG)_databases --mysql $(BENCH_MYSQL) $(BENCH_DATABASES_ARGS)
 
 # Prints the Python the benchmarks would use (empty when there is none).
 bench-python:

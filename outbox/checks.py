@@ -18,6 +18,7 @@ from .limits import setting_problem
 from .registry import registry
 
 __all__ = [
+    "check_database",
     "check_dispatcher",
     "check_installed",
     "check_migrations",
@@ -149,6 +150,61 @@ def check_dispatcher(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ]
     check = getattr(dispatcher, "check", None)
     return list(check()) if check is not None else []
+
+
+#: The oldest MySQL and MariaDB the outbox runs on: SELECT ... FOR UPDATE SKIP LOCKED, which
+#: the claim needs, came in MySQL 8.0.1 and MariaDB 10.6.
+MYSQL_MINIMUM = (8, 0, 1)
+MARIADB_MINIMUM = (10, 6)
+_SUPPORTED = "PostgreSQL, SQLite, MySQL 8.0.1+ or MariaDB 10.6+"
+
+
+def database_problem(alias: str) -> Error | None:
+    """outbox.E008 for database ``alias`` if the outbox cannot run on it, else None.
+
+    MySQL and MariaDB are asked their version (one connection); an unreachable server is
+    not reported here (the worker waits for it, and sends fail as any query would).
+    """
+    if alias not in django_settings.DATABASES:
+        return None  # outbox.E005
+    connection = connections[alias]
+    vendor = connection.vendor
+    if vendor in ("postgresql", "sqlite"):
+        return None
+    if vendor == "mysql":
+        try:
+            mariadb, version = connection.mysql_is_mariadb, connection.mysql_version
+        except DatabaseError:
+            return None
+        name, minimum = ("MariaDB", MARIADB_MINIMUM) if mariadb else ("MySQL", MYSQL_MINIMUM)
+        if version >= minimum:
+            return None
+        found = f"{name} {'.'.join(map(str, version))}"
+        need = f"{name} {'.'.join(map(str, minimum))}"
+        hint = (
+            f"Upgrade to {need} or later (it has SELECT ... FOR UPDATE SKIP LOCKED, which the claim needs)."
+        )
+    else:
+        found, hint = f"a {vendor!r} database", f"Put the outbox on {_SUPPORTED} (OUTBOX['DATABASE'])."
+    return Error(
+        f"The outbox database {alias!r} is {found}, which django-signal-outbox does not support: "
+        f"sends could fail inside the sender's transaction and no worker could claim events.",
+        hint=hint,
+        id="outbox.E008",
+    )
+
+
+@register()
+def check_database(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """outbox.E008: the outbox database is not one the outbox runs on (see :func:`database_problem`)."""
+    from .conf import settings
+
+    try:
+        alias = settings.database
+    except ImproperlyConfigured:
+        return []  # outbox.E004/E005
+    problem = database_problem(alias)
+    return [problem] if problem else []
 
 
 @register(Tags.database, deploy=True)

@@ -24,6 +24,7 @@ from .claims import Claim
 from .current import running
 from .decoding import PayloadDecoder
 from .exceptions import DispatchError, LeaseLost, OutboxError, UnknownReceiver
+from .query_killer import killing_queries_after
 from .registry import get_receiver, get_signal
 from .retries import backoff_delay, next_attempt
 from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
@@ -406,7 +407,8 @@ def _call(func: Callable[..., Any], timeout: float | None, **kwargs: Any) -> Non
     outer, _ = signals.setitimer(signals.ITIMER_REAL, timeout)
     started = time.monotonic()
     try:
-        coroutines.refuse_awaitable(func, func(**kwargs))
+        with killing_queries_after(timeout):  # MySQL: the alarm cannot end a query's wait
+            coroutines.refuse_awaitable(func, func(**kwargs))
     finally:
         signals.setitimer(signals.ITIMER_REAL, 0)
         signals.signal(signals.SIGALRM, previous)

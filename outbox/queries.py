@@ -2,20 +2,23 @@
 
 Raw SQL, because these run once per send inside the user's transaction and once per
 batch in the worker's hot loop, where the ORM's per-object cost shows. Statements are
-written for PostgreSQL and SQLite; other backends get the SQLite form, which is plain SQL
-apart from ``RETURNING``.
+written for PostgreSQL and SQLite; MySQL and MariaDB take branches of their own where the
+SQL differs (see "MySQL and MariaDB" below: no ``UPDATE ... RETURNING``, no partial
+indexes, no advisory transaction locks, ``signal`` a reserved word).
 
 Times come from the database's clock on PostgreSQL: every lease, due time and timestamp
 these statements write or compare is ``statement_timestamp()`` (plus a number of seconds),
 so a worker or web server whose clock is wrong neither takes a lease that is still live nor
 delays the events it sends. ``statement_timestamp()``, not ``now()``: it is the statement's
 start even inside a transaction, and it is stable within the statement, so the due-time
-comparison still uses the index. On SQLite, which runs on the process's machine, and other
-backends, times come from the process's clock (``timezone.now()``).
+comparison still uses the index. On MySQL and MariaDB (with ``USE_TZ``) it is
+``UTC_TIMESTAMP(6)``, also fixed for the statement. On SQLite, which runs on the process's
+machine, times come from the process's clock (``timezone.now()``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 import zlib
@@ -308,6 +311,8 @@ def _now(connection: Any) -> tuple[str, list[Any]]:
     """The current time as SQL and its parameters (the module docstring says whose clock)."""
     if connection.vendor == "postgresql":
         return _PG_NOW, []
+    if _mysql_clock(connection):
+        return _MY_NOW, []
     return "%s", [_adapt(connection, timezone.now())]
 
 
@@ -315,6 +320,8 @@ def _later(connection: Any, seconds: float) -> tuple[str, list[Any]]:
     """``seconds`` from now, as SQL and its parameters."""
     if connection.vendor == "postgresql":
         return f"{_PG_NOW} + %s * interval '1 second'", [float(seconds)]
+    if _mysql_clock(connection):
+        return _my_later(seconds), []
     return "%s", [_adapt(connection, timezone.now() + datetime.timedelta(seconds=seconds))]
 
 
@@ -322,6 +329,10 @@ def database_now(alias: str) -> datetime.datetime:
     """The time by the clock that leases and due times use: the database's on PostgreSQL
     (one query), the process's elsewhere. For the ORM queries that compare with "now"."""
     connection = connections[alias]
+    if _mysql_clock(connection):
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {_MY_NOW}")
+            return timezone.make_aware(cursor.fetchone()[0], datetime.timezone.utc)
     if connection.vendor != "postgresql":
         return timezone.now()
     with connection.cursor() as cursor:
@@ -354,6 +365,9 @@ def insert_events(
     if not receivers:
         return
     connection = connections[alias]
+    if connection.vendor == "mysql":
+        _insert_mysql(connection, alias, signal, receivers, payload)
+        return
     conflict = DEDUPE_CONFLICT if any(row.dedupe_key is not None for row in receivers) else ""
     if connection.vendor != "postgresql":
         now = timezone.now()
@@ -607,6 +621,8 @@ def claim(
     chosen = None if queues is None else list(dict.fromkeys(queues))
     if chosen == []:
         return token, []
+    if connection.vendor == "mysql":
+        return token, _claim_mysql(alias, params, lease_seconds, chosen)
     if connection.vendor == "postgresql":
         params["lease"] = float(lease_seconds)
         if chosen is None:
@@ -645,13 +661,18 @@ def take(
     token = uuid.uuid4().hex
     until, until_params = _later(connection, lease_seconds)
     test, id_params = _ids(connection, ids)
+    returning = "" if connection.vendor == "mysql" else f" {_RETURNING}"
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {TABLE} SET lease_token = %s, available_at = {until}, worker = %s "
-            f"WHERE {test} AND lease_token = %s AND status = 'running' {_RETURNING}",
+            f"WHERE {test} AND lease_token = %s AND status = 'running'{returning}",
             [token, *until_params, worker, *id_params, ticket],
         )
-        rows = _claimed(connection, cursor.fetchall())
+        if returning:
+            rows = _claimed(connection, cursor.fetchall())
+        else:  # the fresh token names the rows taken (primary key)
+            cursor.execute(f"{_SELECT_CLAIMED_MYSQL} WHERE {test} AND lease_token = %s", [*id_params, token])
+            rows = _claimed(connection, cursor.fetchall())
     return token, rows
 
 
@@ -746,7 +767,9 @@ def record_failure(
             [status, *available_params, *finished_params, *started_params, error, traceback, event_id, token],
         )
         changed = cursor.rowcount
-        if changed and retry_in is None:
+        if changed and retry_in is None and connection.vendor == "mysql":
+            _park_behind_mysql(cursor, connection, event_id)
+        elif changed and retry_in is None:
             cursor.execute(_PARK_BEHIND, [_adapt(connection, parked()), event_id, event_id, event_id])
     return changed
 
@@ -778,8 +801,9 @@ def unpark(alias: str) -> int:
     safe at any time, as it only moves events whose key is unblocked."""
     connection = connections[alias]
     now, params = _now(connection)
+    statement = _UNPARK_MYSQL if connection.vendor == "mysql" else _UNPARK
     with connection.cursor() as cursor:
-        cursor.execute(_UNPARK.format(now=now), [*params, _adapt(connection, parked())])
+        cursor.execute(statement.format(now=now), [*params, _adapt(connection, parked())])
         return cursor.rowcount
 
 
@@ -793,9 +817,12 @@ def mark_overdue(alias: str, token: str, event_id: int, error: str, traceback: s
     its row marked overdue, but it stays ``running`` and leased to ``token`` (not claimable)
     until the thread returns and :func:`record_failure` writes the attempt's outcome.
     Served by the primary key."""
-    with connections[alias].cursor() as cursor:
+    connection = connections[alias]
+    # || is OR on MySQL unless sql_mode has PIPES_AS_CONCAT.
+    appended = "CONCAT(worker, %s)" if connection.vendor == "mysql" else "worker || %s"
+    with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {TABLE} SET last_error = %s, last_traceback = %s, worker = worker || %s "
+            f"UPDATE {TABLE} SET last_error = %s, last_traceback = %s, worker = {appended} "
             f"WHERE id = %s AND lease_token = %s AND status = 'running'",
             [error, traceback, OVERDUE_MARK, event_id, token],
         )
@@ -806,9 +833,10 @@ def release(alias: str, token: str, ids: Sequence[int]) -> int:
     """Hand claimed events that were never started back, due now, their attempt undone
     (an orphan's was not counted: see claim())."""
     now, params = _now(connections[alias])
+    # attempts first: MySQL evaluates SET assignments left to right, each seeing the last.
     assignments = (
-        f"status = 'pending', available_at = {now}, lease_token = NULL, batch_attempt = false, "
-        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END"
+        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END, "
+        f"status = 'pending', available_at = {now}, lease_token = NULL, batch_attempt = false"
     )
     return _fenced_update(alias, token, ids, assignments, params)
 
@@ -819,9 +847,9 @@ def put_back(alias: str, token: str, event_id: int, available_at: datetime.datet
     For :func:`outbox.testing.drain`, which runs each event at most once per call: a retry
     that fell due while it ran is claimed again, and put back as it was. Served by the
     primary key."""
-    assignments = (
-        "status = 'pending', available_at = %s, lease_token = NULL, batch_attempt = false, "
-        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END"
+    assignments = (  # attempts first, as in release()
+        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END, "
+        "status = 'pending', available_at = %s, lease_token = NULL, batch_attempt = false"
     )
     return _fenced_update(alias, token, [event_id], assignments, [available_at])
 
@@ -835,12 +863,19 @@ def run_alone(alias: str, token: str, event_id: int) -> int | None:
     primary key.
     """
     connection = connections[alias]
+    returning = "" if connection.vendor == "mysql" else " RETURNING attempts"
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {TABLE} SET attempts = attempts + 1, batch_attempt = false "
-            f"WHERE id = %s AND lease_token = %s AND status = 'running' RETURNING attempts",
+            f"WHERE id = %s AND lease_token = %s AND status = 'running'{returning}",
             [event_id, token],
         )
+        if not returning:  # the token fences the read as it fenced the write
+            if not cursor.rowcount:
+                return None
+            cursor.execute(
+                f"SELECT attempts FROM {TABLE} WHERE id = %s AND lease_token = %s", [event_id, token]
+            )
         row = cursor.fetchone()
     return None if row is None else row[0]
 
@@ -874,3 +909,203 @@ def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetim
             [*id_params, status, _adapt(connection, before)],
         )
         return cursor.rowcount
+
+
+# --- MySQL and MariaDB ----------------------------------------------------------------
+#
+# What differs from the statements above, and why:
+# - No partial indexes: migration 0007 adds stored generated columns that are NULL where a
+#   partial index has no entry, and indexes them: due_at (outbox_event_due_my,
+#   outbox_event_queue_due_my), open_key (outbox_event_key_my), dedupe_slot (the unique
+#   outbox_event_dedupe_my). Keys are compared as bytes, through those VARBINARY columns.
+# - No UPDATE ... RETURNING (MariaDB has it for INSERT and DELETE only), and no
+#   "LIMIT & IN subquery": the claim selects ids FOR UPDATE SKIP LOCKED, updates those ids
+#   and reads them back, in one short transaction of its own.
+# - SET assignments are evaluated left to right, each seeing the values before it: so the
+#   claim's assignments are ordered (_SET_RUNNING_MYSQL), attempts first.
+# - No advisory transaction locks: senders of ordering keys lock a row of outbox_key_lock
+#   (an upsert, held to the end of their transaction) instead of pg_advisory_xact_lock.
+# - `signal` is a reserved word, and || is OR: identifiers quoted, CONCAT().
+# - The clock is the database's (UTC_TIMESTAMP(6)) when USE_TZ is on, as Django then stores
+#   UTC; with USE_TZ off Django stores local times, so the process's clock is used.
+
+_MY_NOW = "UTC_TIMESTAMP(6)"
+_MY_COLUMNS = _COLUMNS.replace("signal, ", "`signal`, ", 1)
+_SELECT_CLAIMED_MYSQL = (
+    f"SELECT id, `signal`, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    f"queue, ordering_key, created_at FROM {TABLE}"
+)
+
+
+def _mysql_clock(connection: Any) -> bool:
+    """True if times come from the MySQL/MariaDB server's clock (see above)."""
+    return connection.vendor == "mysql" and django_settings.USE_TZ
+
+
+def _my_later(seconds: float) -> str:
+    # Whole microseconds: INTERVAL n SECOND with a fraction is not read alike everywhere.
+    return f"({_MY_NOW} + INTERVAL {round(float(seconds) * 1_000_000)} MICROSECOND)"
+
+
+# The head-of-key test: no unfinished earlier event of the candidate's receiver and key.
+# One probe of outbox_event_key_my (receiver, open_key, id) per keyed candidate; open_key
+# is NULL for done and discarded rows, so they are not in the probed range. A subquery of
+# a locking read is a plain consistent read (it locks nothing), as on PostgreSQL.
+HEAD_OF_KEY_MYSQL = (
+    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier "
+    f"FORCE INDEX (outbox_event_key_my) WHERE earlier.receiver = {TABLE}.receiver "
+    f"AND earlier.open_key = CAST({TABLE}.ordering_key AS BINARY) AND earlier.id < {TABLE}.id))"
+)
+# The ids of a claim, locked, others' locked rows skipped. Served by outbox_event_due_my
+# (due_at, id): due_at is available_at for pending and running rows and NULL otherwise, so
+# the range "due_at <= now" in (due_at, id) order holds exactly the due rows, as the
+# partial index outbox_event_due does on PostgreSQL.
+CLAIM_IDS_MYSQL = (
+    f"SELECT id FROM {TABLE} FORCE INDEX (outbox_event_due_my) WHERE due_at <= {{now}} "
+    f"AND {HEAD_OF_KEY_MYSQL} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+# Named queues: one ordered range of outbox_event_queue_due_my (queue, due_at, id) per
+# queue, each its first ``limit`` due rows locked, the earliest ``limit`` of all taken (as
+# on PostgreSQL; the others' locks go when the claim's transaction ends, at once).
+_ONE_QUEUE_IDS_MYSQL = (
+    f"(SELECT id, due_at FROM {TABLE} FORCE INDEX (outbox_event_queue_due_my) WHERE queue = %s "
+    f"AND due_at <= {{now}} AND {HEAD_OF_KEY_MYSQL} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+)
+
+
+def _claim_queue_ids_mysql(count: int, now: str) -> str:
+    """The ids of a claim of ``count`` named queues (parameters: per queue its name, the
+    ``now`` parameters and the limit; then the limit)."""
+    each = " UNION ALL ".join([_ONE_QUEUE_IDS_MYSQL.format(now=now)] * count)
+    return f"SELECT id FROM ({each}) AS due ORDER BY due_at, id LIMIT %s"
+
+
+# _SET_RUNNING in the order MySQL needs: attempts reads the old status and batch_attempt,
+# batch_attempt the old status; status is written after both.
+_SET_RUNNING_MYSQL = (
+    "SET attempts = CASE WHEN status = 'pending' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
+    "ELSE attempts END, "
+    "batch_attempt = (status = 'pending'), status = 'running', available_at = {until}, "
+    "lease_token = %s, worker = %s"
+)
+
+
+def _claim_mysql(
+    alias: str, params: dict[str, Any], lease_seconds: float, queues: list[str] | None
+) -> list[Claimed]:
+    """:func:`claim` on MySQL/MariaDB: lock the due ids (SKIP LOCKED), mark them running,
+    read them back, in one transaction that holds its row locks only for those three
+    statements. The worker's connection is in autocommit, so this is its own transaction."""
+    from django.db import transaction
+
+    connection = connections[alias]
+    if _mysql_clock(connection):
+        now, now_params, until = _MY_NOW, [], _my_later(lease_seconds)
+    else:
+        moment = timezone.now()
+        now, now_params = "%s", [_adapt(connection, moment)]
+        until = "%s"
+        now_params_until = [_adapt(connection, moment + datetime.timedelta(seconds=lease_seconds))]
+    if queues is None:
+        select, select_params = CLAIM_IDS_MYSQL.format(now=now), [*now_params, params["limit"]]
+    else:
+        select = _claim_queue_ids_mysql(len(queues), now)
+        select_params = [value for queue in queues for value in (queue, *now_params, params["limit"])]
+        select_params.append(params["limit"])
+    with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cursor:
+        cursor.execute(select, select_params)
+        ids = [row[0] for row in cursor.fetchall()]
+        if not ids:
+            return []
+        marks = ", ".join(["%s"] * len(ids))
+        set_params = [] if until != "%s" else now_params_until
+        cursor.execute(
+            f"UPDATE {TABLE} {_SET_RUNNING_MYSQL.format(until=until)} WHERE id IN ({marks})",
+            [*set_params, params["token"], params["worker"], *ids],
+        )
+        cursor.execute(f"{_SELECT_CLAIMED_MYSQL} WHERE id IN ({marks})", ids)
+        return _claimed(connection, cursor.fetchall())
+
+
+# Coalescing: a row whose (receiver, dedupe_slot) is taken by a fresh row is not written,
+# and the statement goes on (ON DUPLICATE KEY UPDATE of nothing; not INSERT IGNORE, which
+# would turn every other error, a too-long value say, into a warning). Between concurrent
+# senders InnoDB makes the second wait on the first's uncommitted index entry, as
+# PostgreSQL does: a duplicate if it commits, written if it rolls back; never an error.
+_DEDUPE_MYSQL = " ON DUPLICATE KEY UPDATE id = id"
+# Senders of keyed events lock their keys' rows first (sorted: two senders cannot deadlock
+# in one statement), held to the end of the sender's transaction; see _ORDERED_INSERT.
+_KEY_LOCK_MYSQL = "INSERT INTO outbox_key_lock (id) VALUES {rows} ON DUPLICATE KEY UPDATE id = id"
+# Which of the sent keys a failed event blocks (outbox_event_key_my; a failed row's
+# open_key is its key).
+_BLOCKED_MYSQL = (
+    f"SELECT DISTINCT receiver, open_key FROM {TABLE} FORCE INDEX (outbox_event_key_my) "
+    "WHERE status = 'failed' AND ({tests})"
+)
+
+
+def _insert_mysql(
+    connection: Any, alias: str, signal: str, receivers: Sequence[NewEvent], payload: str
+) -> None:
+    """:func:`insert_events` on MySQL/MariaDB: one INSERT, after the key locks and the test
+    for blocked keys when some events are keyed (in a transaction: the sender's, or one
+    of its own in autocommit, so that the locks cover the INSERT)."""
+    from django.db import transaction
+
+    database_clock = _mysql_clock(connection)
+    moment = timezone.now()
+    keyed = sorted({(row.receiver, row.ordering_key) for row in receivers if row.ordering_key is not None})
+    rows, params = [], []
+    # Unkeyed events need no transaction of their own: one INSERT is atomic.
+    atomic = transaction.atomic(using=alias, savepoint=False) if keyed else contextlib.nullcontext()
+    with atomic, connection.cursor() as cursor:
+        blocked: set[tuple[str, bytes]] = set()
+        if keyed:
+            locks = sorted({key_lock(receiver, key)[1] for receiver, key in keyed})
+            cursor.execute(_KEY_LOCK_MYSQL.format(rows=", ".join(["(%s)"] * len(locks))), locks)
+            tests = " OR ".join(["(receiver = %s AND open_key = CAST(%s AS BINARY))"] * len(keyed))
+            cursor.execute(_BLOCKED_MYSQL.format(tests=tests), [part for pair in keyed for part in pair])
+            blocked = {(receiver, bytes(key)) for receiver, key in cursor.fetchall()}
+        park_at = _adapt(connection, parked())
+        for receiver, max_attempts, queue, key, delay, dedupe in receivers:
+            if database_clock:
+                when, when_params = _MY_NOW, []
+                due, due_params = (_my_later(delay), []) if delay else (_MY_NOW, [])
+            else:
+                when, when_params = "%s", [_adapt(connection, moment)]
+                later = moment + datetime.timedelta(seconds=delay or 0)
+                due, due_params = "%s", [_adapt(connection, later)]
+            if key is not None and (receiver, key.encode()) in blocked:
+                due, due_params = "%s", [park_at]
+            rows.append(f"(%s, %s, %s, 'pending', 0, %s, {due}, '', {when}, '', '', %s, %s, %s)")
+            params += [signal, receiver, payload, max_attempts, *due_params, *when_params, queue, key, dedupe]
+        dedupe = _DEDUPE_MYSQL if any(row.dedupe_key is not None for row in receivers) else ""
+        cursor.execute(f"INSERT INTO {TABLE} ({_MY_COLUMNS}) VALUES {', '.join(rows)}{dedupe}", params)
+
+
+def _park_behind_mysql(cursor: Any, connection: Any, event_id: int) -> None:
+    """_PARK_BEHIND on MySQL, which refuses a subquery on the table an UPDATE writes: the
+    failed row's receiver and key first (primary key), then its pending followers
+    (outbox_event_key_my)."""
+    cursor.execute(
+        f"SELECT receiver, ordering_key FROM {TABLE} WHERE id = %s AND status = 'failed'", [event_id]
+    )
+    row = cursor.fetchone()
+    if row is None or row[1] is None:
+        return
+    cursor.execute(
+        f"UPDATE {TABLE} SET available_at = %s WHERE receiver = %s AND open_key = CAST(%s AS BINARY) "
+        "AND status = 'pending' AND id > %s",
+        [_adapt(connection, parked()), row[0], row[1], event_id],
+    )
+
+
+# _UNPARK as a self-join (MySQL refuses a subquery on the table an UPDATE writes): the
+# parked rows through outbox_event_due_my (their due_at is the last range), each probing
+# outbox_event_key_my for a failed earlier event of its key.
+_UNPARK_MYSQL = (
+    f"UPDATE {TABLE} LEFT JOIN {TABLE} AS earlier ON earlier.receiver = {TABLE}.receiver "
+    f"AND earlier.open_key = CAST({TABLE}.ordering_key AS BINARY) AND earlier.id < {TABLE}.id "
+    f"AND earlier.status = 'failed' SET {TABLE}.available_at = {{now}} "
+    f"WHERE {TABLE}.status = 'pending' AND {TABLE}.due_at >= %s AND earlier.id IS NULL"
+)

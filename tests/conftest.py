@@ -1,4 +1,5 @@
-"""Fixtures, and the rule for PostgreSQL: unreachable fails the run under CI, skips otherwise."""
+"""Fixtures, and the rule for PostgreSQL and MariaDB/MySQL: unreachable fails the run under CI,
+skips otherwise."""
 
 from __future__ import annotations
 
@@ -25,7 +26,26 @@ def _vendor() -> str:
     return "postgresql" if "postgresql" in engine else engine.rsplit(".", 1)[-1]
 
 
+def _mysql_problem() -> str | None:
+    import MySQLdb
+
+    db = settings.DATABASES["default"]
+    try:
+        MySQLdb.connect(
+            host=db.get("HOST") or "127.0.0.1",
+            port=int(db.get("PORT") or 3306),
+            user=db.get("USER") or "root",
+            password=db.get("PASSWORD") or "",
+            connect_timeout=5,
+        ).close()
+    except MySQLdb.Error as exc:
+        return f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
 def _postgres_problem() -> str | None:
+    if _vendor() == "mysql":
+        return _mysql_problem()
     if _vendor() != "postgresql":
         return None
     import psycopg
@@ -55,15 +75,23 @@ def pytest_collection_modifyitems(config, items):
     problem = _postgres_problem()
     if problem is None:
         return
+    server = "MariaDB/MySQL" if _vendor() == "mysql" else "PostgreSQL"
     if os.environ.get("CI"):
-        pytest.exit(f"PostgreSQL is unreachable and CI is set, so this is a failure: {problem}", returncode=3)
-    skip = pytest.mark.skip(reason=f"PostgreSQL unreachable (set CI to make this fail): {problem}")
+        pytest.exit(f"{server} is unreachable and CI is set, so this is a failure: {problem}", returncode=3)
+    skip = pytest.mark.skip(reason=f"{server} unreachable (set CI to make this fail): {problem}")
     for item in items:
         item.add_marker(skip)
 
 
 postgres_only = pytest.mark.skipif(
     "postgresql" not in settings.DATABASES["default"]["ENGINE"], reason="PostgreSQL only"
+)
+
+#: The databases whose workers claim with SELECT ... FOR UPDATE SKIP LOCKED, so that many
+#: share the work at once: PostgreSQL, MySQL and MariaDB (Django's "mysql" engine).
+SKIP_LOCKED_VENDORS = ("postgresql", "mysql")
+skip_locked_only = pytest.mark.skipif(
+    _vendor() not in SKIP_LOCKED_VENDORS, reason="PostgreSQL, MySQL and MariaDB only (SKIP LOCKED)"
 )
 
 #: The environment variable that lets tests disturb servers shared with other developers
@@ -185,7 +213,8 @@ def worker_env() -> dict[str, str]:
         url = f"sqlite:///{db['NAME']}"
     else:
         auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-        url = f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+        scheme, port = ("mysql", 3306) if connection.vendor == "mysql" else ("postgres", 5432)
+        url = f"{scheme}://{auth}@{db['HOST']}:{db['PORT'] or port}/{db['NAME']}"
     return {"DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
 
 

@@ -57,7 +57,8 @@ def insert_events(count: int, chunk: int = 10_000) -> None:
     people = [Person.objects.create(name=f"p{i}").pk for i in range(10)]
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     sql = (
-        "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
+        f"INSERT INTO outbox_event ({connection.ops.quote_name('signal')}, receiver, payload, status, "
+        "attempts, max_attempts, "
         "available_at, worker, created_at, last_error, last_traceback) "
         "VALUES (%s, %s, %s, 'pending', 0, 8, %s, '', %s, '', '')"
     )

@@ -19,6 +19,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("OUTBOX_SQLITE_TEST_NAME", str(SQLITE_TEST_FILE))}
     DATABASES["default"]["OPTIONS"] = {"timeout": 30}
 
+if DATABASES["default"]["ENGINE"].endswith("mysql"):
+    # utf8mb4, as the README asks of MySQL and MariaDB (Django's default is utf8, 3 bytes).
+    DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
+    DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+
 SECRET_KEY = "tests-only"
 DEBUG = False
 USE_TZ = True

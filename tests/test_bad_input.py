@@ -16,7 +16,7 @@ from django.utils import timezone
 from outbox import PayloadTooLarge, SerializationError
 from outbox.conf import settings
 from outbox.models import Event
-from tests.conftest import calls, postgres_only, wait_for
+from tests.conftest import calls, postgres_only, skip_locked_only, wait_for
 from tests.testapp.faults import PROBES, hang, hang_in_database, misbehave, spin
 from tests.testapp.models import Call, Person
 from tests.testapp.signals import followed, work
@@ -293,7 +293,8 @@ def test_a_payload_nested_deeper_than_the_json_parser_goes_fails_alone(drain):
     deep = "[" * 990 + "]" * 990
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
+            f"INSERT INTO outbox_event ({connection.ops.quote_name('signal')}, receiver, payload, status, "
+            "attempts, max_attempts, "
             "available_at, worker, created_at, last_error, last_traceback) "
             "VALUES (%s, %s, %s, 'pending', 0, 5, %s, '', %s, '', '')",
             [
@@ -364,7 +365,7 @@ def test_a_hanging_receiver_is_stopped_by_its_timeout(sig, worker_process):
     assert worker.process.poll() is None
 
 
-@postgres_only
+@skip_locked_only
 def test_a_receiver_hanging_in_a_query_is_stopped_and_the_worker_goes_on(worker_process):
     with transaction.atomic():
         hang_in_database.send(sender=None)
@@ -378,5 +379,10 @@ def test_a_receiver_hanging_in_a_query_is_stopped_and_the_worker_goes_on(worker_
     assert worker.process.poll() is None
     # The query was cancelled on the server, not left running behind a closed connection.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3600)%%'")
+        if connection.vendor == "mysql":
+            cursor.execute(
+                "SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP(3600)%%'"
+            )
+        else:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3600)%%'")
         assert cursor.fetchone()[0] == 0

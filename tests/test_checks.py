@@ -118,3 +118,48 @@ def test_the_worker_refuses_to_start_on_an_unmigrated_database():
         call_command("migrate", "outbox", verbosity=0)
     assert out.returncode != 0
     assert "outbox.W001" in out.stderr or "migrate outbox" in out.stderr
+
+
+def _pretend(monkeypatch, vendor, version=None, mariadb=False):
+    """Make the default connection look like another database (nothing is queried)."""
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "vendor", vendor)
+    if version is not None:
+        monkeypatch.setattr(connection, "mysql_version", version, raising=False)
+        monkeypatch.setattr(connection, "mysql_is_mariadb", mariadb, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "version", "mariadb", "named"),
+    [
+        ("oracle", None, False, "'oracle'"),
+        ("microsoft", None, False, "'microsoft'"),
+        ("mysql", (8, 0, 0), False, "MySQL 8.0.0"),
+        ("mysql", (10, 5, 22), True, "MariaDB 10.5.22"),
+    ],
+)
+def test_an_unsupported_database_is_outbox_e008_with_a_hint(monkeypatch, vendor, version, mariadb, named):
+    _pretend(monkeypatch, vendor, version, mariadb)
+    [error] = checks.check_database()
+    assert error.id == "outbox.E008" and named in error.msg and error.hint
+
+
+@pytest.mark.parametrize(
+    ("version", "mariadb"), [((8, 0, 1), False), ((8, 4, 3), False), ((10, 6, 0), True), ((11, 4, 2), True)]
+)
+def test_mysql_8_0_1_and_mariadb_10_6_and_later_pass(monkeypatch, version, mariadb):
+    _pretend(monkeypatch, "mysql", version, mariadb)
+    assert checks.check_database() == []
+
+
+def test_the_database_under_test_passes():
+    assert checks.check_database() == []
+
+
+def test_run_outbox_refuses_to_start_on_an_unsupported_database(monkeypatch):
+    from django.core.management.base import CommandError
+
+    _pretend(monkeypatch, "mysql", (10, 5, 0), True)
+    with pytest.raises(CommandError, match=r"refusing to start: .*MariaDB 10\.5\.0.*outbox\.E008"):
+        call_command("run_outbox", "--once")

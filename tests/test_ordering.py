@@ -17,7 +17,7 @@ import outbox
 from outbox import queries
 from outbox.exceptions import RegistrationError, SerializationError
 from outbox.models import Event
-from tests.conftest import postgres_only, wait_for
+from tests.conftest import skip_locked_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.routed import overlaps, steps
 from tests.testapp.signals import ordered
@@ -109,6 +109,17 @@ def test_the_key_function_gets_the_sender_the_signal_and_the_arguments():
     finally:
         outbox.disconnect(ordered, dispatch_uid="probe")
     assert seen == [("bank", {"signal": ordered, "account": "alice", "step": 1})]
+
+
+@override_settings(OUTBOX={"BACKOFF_BASE_SECONDS": 30})
+def test_keys_that_differ_only_in_case_or_a_trailing_space_are_other_keys(drain):
+    # MySQL's usual collations would call these equal; the outbox compares keys as bytes.
+    send("alice", 1, fail="until_fixed")
+    drain()  # fails: "alice" is blocked while it waits for its retry
+    send("alice", 2)
+    send("Alice", 1)
+    send("alice ", 1)
+    assert claimed() == ["Alice", "alice "]
 
 
 @override_settings(OUTBOX={"BACKOFF_BASE_SECONDS": 30})
@@ -232,7 +243,7 @@ def test_other_keys_keep_flowing_while_a_worker_process_holds_one_blocked(worker
     assert worker.wait() == 0
 
 
-@postgres_only
+@skip_locked_only  # concurrent writers: PostgreSQL's advisory lock, MySQL's outbox_key_lock row
 def test_a_second_sender_of_a_key_waits_for_the_first_to_commit():
     # Ids of one key follow commit order: else a claim could run the later event while
     # the earlier one is still uncommitted, and out of order.
@@ -280,23 +291,44 @@ def test_the_claims_read_the_key_index_even_when_one_key_holds_most_rows():
     # A broken key's backlog skews the statistics: the head-of-key test must stay an index
     # probe (an EXISTS would let PostgreSQL pick a sequential scan per candidate).
     when = connection.ops.adapt_datetimefield_value(timezone.now())
+    mysql = connection.vendor == "mysql"
+    seq = "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 5000) "
+    insert = (
+        f"INSERT INTO outbox_event ({connection.ops.quote_name('signal')}, receiver, payload, status, "
+        "attempts, max_attempts, available_at, worker, created_at, last_error, last_traceback, queue, "
+        "ordering_key) "
+    )
+    rows = "SELECT 's', %s, '{}', 'pending', 0, 3, %s, '', %s, '', '', 'default', 'hot' FROM seq"
     with connection.cursor() as cursor:
-        cursor.execute(
-            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 5000) "
-            "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
-            "available_at, worker, created_at, last_error, last_traceback, queue, ordering_key) "
-            "SELECT 's', %s, '{}', 'pending', 0, 3, %s, '', %s, '', '', 'default', 'hot' FROM seq",
-            [RECEIVER, when, when],
-        )
-        cursor.execute("ANALYZE outbox_event" if connection.vendor == "postgresql" else "ANALYZE")
+        # MySQL and MariaDB put the WITH after INSERT, and cap recursion at 1000 by default.
+        if mysql:
+            depth = "max_recursive_iterations" if connection.mysql_is_mariadb else "cte_max_recursion_depth"
+            cursor.execute(f"SET SESSION {depth} = 5001")
+        cursor.execute(insert + seq + rows if mysql else seq + insert + rows, [RECEIVER, when, when])
+        analyze = {"postgresql": "ANALYZE outbox_event", "mysql": "ANALYZE TABLE outbox_event"}
+        cursor.execute(analyze.get(connection.vendor, "ANALYZE"))
+        if mysql:
+            cursor.fetchall()
     with CaptureQueriesContext(connection) as captured:
         claimed()
         claimed(queues=["default", "other"])
-    claims = [q["sql"] for q in captured.captured_queries if "SET status = 'running'" in q["sql"]]
+    # MySQL: the claim's read is the SELECT ... FOR UPDATE SKIP LOCKED before its UPDATE.
+    marker = "SKIP LOCKED" if mysql else "SET status = 'running'"
+    claims = [q["sql"] for q in captured.captured_queries if marker in q["sql"]]
     assert len(claims) == 2
     with connection.cursor() as cursor:
         for sql in claims:
-            if connection.vendor == "postgresql":
+            if mysql:
+                cursor.execute(f"EXPLAIN {sql}")
+                plan = [
+                    dict(zip([c[0] for c in cursor.description], row, strict=True))
+                    for row in cursor.fetchall()
+                ]
+                earlier = [step for step in plan if step["table"] == "earlier"]
+                assert earlier and all(step["key"] == "outbox_event_key_my" for step in earlier), plan
+                # ("<union1,2>": the few ids the queues' ranges yielded.)
+                assert all(step["type"] != "ALL" for step in plan if step["table"] == "outbox_event"), plan
+            elif connection.vendor == "postgresql":
                 cursor.execute(f"EXPLAIN {sql}")
                 plan = "\n".join(row[0] for row in cursor.fetchall())
                 # (The UPDATE may hash-join its 100 rows with a small table: not the claim's read.)

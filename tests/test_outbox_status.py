@@ -183,35 +183,54 @@ def test_exit_status_of_a_real_process_for_health_checks():
 def _bulk_done(n: int) -> None:
     """n done events a day old, written in one statement, and fresh planner statistics."""
     day_ago = connection.ops.adapt_datetimefield_value(timezone.now() - datetime.timedelta(days=1))
+    seq = "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < %s) "
+    insert = (
+        f"INSERT INTO outbox_event ({connection.ops.quote_name('signal')}, receiver, payload, status, "
+        "attempts, max_attempts, available_at, worker, created_at, finished_at, last_error, last_traceback) "
+    )
+    rows = "SELECT 's', 'r', '{}', 'done', 1, 8, %s, '', %s, %s, '', '' FROM seq"
+    mysql = connection.vendor == "mysql"
     with connection.cursor() as cursor:
-        cursor.execute(
-            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < %s) "
-            "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
-            "available_at, worker, created_at, finished_at, last_error, last_traceback) "
-            "SELECT 's', 'r', '{}', 'done', 1, 8, %s, '', %s, %s, '', '' FROM seq",
-            [n, day_ago, day_ago, day_ago],
-        )
-        cursor.execute("ANALYZE outbox_event" if connection.vendor == "postgresql" else "ANALYZE")
+        # MySQL and MariaDB put the WITH after INSERT, and cap recursion at 1000 by default.
+        if mysql:
+            depth = "cte_max_recursion_depth" if _is_mysql8() else "max_recursive_iterations"
+            cursor.execute(f"SET SESSION {depth} = %s", [n + 1])
+        cursor.execute(insert + seq + rows if mysql else seq + insert + rows, [n, day_ago, day_ago, day_ago])
+        analyze = {"postgresql": "ANALYZE outbox_event", "mysql": "ANALYZE TABLE outbox_event"}
+        cursor.execute(analyze.get(connection.vendor, "ANALYZE"))
+        if mysql:
+            cursor.fetchall()
 
 
 def _plans(run_queries) -> dict[str, str]:
     """The query plan of every SELECT on the event table that ``run_queries`` makes."""
     with CaptureQueriesContext(connection) as captured:
         run_queries()
-    explain = "EXPLAIN" if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN"
+    explain = "EXPLAIN QUERY PLAN" if connection.vendor == "sqlite" else "EXPLAIN"
     plans = {}
     with connection.cursor() as cursor:
         for query in captured.captured_queries:
             sql = query["sql"]
             if sql.startswith("SELECT") and "outbox_event" in sql and "pg_stat" not in sql:
                 cursor.execute(f"{explain} {sql}")
-                plans[sql] = "\n".join(str(row[-1]) for row in cursor.fetchall())
+                if connection.vendor == "mysql":  # one row per table read: name, access type, key
+                    names = [c[0] for c in cursor.description]
+                    steps = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                    plans[sql] = "\n".join(f"{s['table']} type={s['type']} key={s['key']}" for s in steps)
+                else:
+                    plans[sql] = "\n".join(str(row[-1]) for row in cursor.fetchall())
     return plans
+
+
+def _is_mysql8() -> bool:
+    return connection.vendor == "mysql" and not connection.mysql_is_mariadb
 
 
 def _reads_whole_table(plan: str) -> bool:
     if connection.vendor == "postgresql":
         return "Seq Scan" in plan
+    if connection.vendor == "mysql":  # "ALL": every row of that table
+        return any(line.startswith("outbox_event ") and "type=ALL" in line for line in plan.splitlines())
     # SQLite: "SCAN outbox_event" without an index is a full table scan ("SCAN subquery"
     # reads what a subquery yielded).
     return any(line.startswith("SCAN outbox_event") and "INDEX" not in line for line in plan.splitlines())

@@ -22,6 +22,11 @@ from tests.testapp.signals import work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+#: The ways the worker detects. On MySQL and MariaDB not a raw BEGIN: mysqlclient does not
+#: expose the server's in-transaction flag, and the look must cost no query (see the last
+#: test); Django's own ways (atomic(), set_autocommit) are seen there as everywhere.
+DETECTED = [how for how in LEAVE_TRANSACTION if connection.vendor != "mysql" or "raw BEGIN" not in how]
+
 LEFT_OPEN = "TransactionLeftOpen: the receiver left a transaction open on database 'default'"
 
 
@@ -50,7 +55,7 @@ def _calls():
     return sorted(Call.objects.values_list("receiver", "key"))
 
 
-@pytest.mark.parametrize("how", LEAVE_TRANSACTION)
+@pytest.mark.parametrize("how", DETECTED)
 def test_a_receiver_that_leaves_a_transaction_open_fails_alone_and_the_rest_commit(how, drain):
     with transaction.atomic():
         leave_transaction.send(sender=None, how=how, key="bad")
@@ -87,25 +92,25 @@ def test_a_receiver_that_raises_with_a_transaction_left_open_records_both(drain)
 
 def test_a_worker_process_survives_every_way_of_leaving_a_transaction_open(worker_process):
     with transaction.atomic():
-        for how in LEAVE_TRANSACTION:
+        for how in DETECTED:
             leave_transaction.send(sender=None, how=how, key=how)
             work.send(sender=None, key=f"after {how}")
     worker = worker_process("--poll-interval", "0.1", "--batch-size", "20")
     # The test process reads on its own connection: only what the worker committed.
-    wait_for(lambda: Event.objects.filter(status__in=["done", "failed"]).count() == 8)
+    wait_for(lambda: Event.objects.filter(status__in=["done", "failed"]).count() == 2 * len(DETECTED))
     assert worker.process.poll() is None, f"the worker is still running:\n{worker.output}"
     for event in Event.objects.filter(signal="tests.testapp.faults.leave_transaction"):
         assert event.status == "failed"
         assert event.last_error.startswith(LEFT_OPEN), event.last_error
-    assert Event.objects.filter(signal="tests.testapp.signals.work", status="done").count() == 4
-    assert _calls() == sorted(("record", f"after {how}") for how in LEAVE_TRANSACTION)
+    assert Event.objects.filter(signal="tests.testapp.signals.work", status="done").count() == len(DETECTED)
+    assert _calls() == sorted(("record", f"after {how}") for how in DETECTED)
 
     # The worker holds no lock and no transaction: this process (the web process, on
     # SQLite the one writer) writes at once, and the worker runs what it sent.
     with transaction.atomic():
         work.send(sender=None, key="sent afterwards")
     wait_for(lambda: Call.objects.filter(key="sent afterwards").exists())
-    assert Event.objects.filter(status="done").count() == 5
+    assert Event.objects.filter(status="done").count() == len(DETECTED) + 1
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
 

@@ -205,6 +205,14 @@ def test_keys_are_per_receiver(connect):
     assert sorted(e.receiver for e in rows()) == [REINDEX, REINDEX_TOO, UNGATED, UNGATED, UNGATED]
 
 
+def test_keys_that_differ_only_in_case_or_a_trailing_space_are_other_keys(connect):
+    # MySQL's usual collations would call these equal; the outbox compares keys as bytes.
+    connect(steered, st.reindex, dedupe_key=st.by_product)
+    for product in ["key", "Key", "key ", "key"]:
+        steered.send(sender=None, product=product)
+    assert sorted(e.dedupe_key for e in rows()) == ["Key", "key", "key "]
+
+
 def test_one_receiver_twice_in_one_send_coalesces_within_the_statement():
     outbox.connect(steered, st.reindex, dedupe_key=st.by_product, dispatch_uid="one")
     outbox.connect(steered, st.reindex, dedupe_key=st.by_product, dispatch_uid="two")

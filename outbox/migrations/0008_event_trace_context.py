@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('outbox', '0006_event_dedupe_key'),
+        ('outbox', '0007_event_started_at'),
     ]
 
     operations = [

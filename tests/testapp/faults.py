@@ -149,7 +149,8 @@ def hangs_in_database(sender, **kwargs):
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_sleep(3600)" if connection.vendor == "postgresql" else "SELECT 1")
+        sleep = {"postgresql": "SELECT pg_sleep(3600)", "mysql": "SELECT SLEEP(3600)"}
+        cursor.execute(sleep.get(connection.vendor, "SELECT 1"))
 
 
 @outbox.receiver(crash, max_attempts=2)

@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from outbox import metrics
-from outbox.checks import check_settings
+from outbox.checks import check_settings, database_problem
 from outbox.conf import settings
 from outbox.limits import SETTINGS, Range
 from outbox.management import arguments
@@ -77,6 +77,9 @@ class Command(BaseCommand):
         # rather than die of it later, in a wait, a datetime or a query. The migrations are
         # checked by the worker, which waits out an unreachable database first.
         problems = check_settings()
+        if not problems:  # and not on a database it cannot claim from
+            problem = database_problem(options["database"] or settings.database)
+            problems = [problem] if problem else []
         if problems:
             raise CommandError(
                 "refusing to start: "
