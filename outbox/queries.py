@@ -366,7 +366,7 @@ def insert_events(
         return
     connection = connections[alias]
     if connection.vendor == "mysql":
-        _insert_mysql(connection, alias, signal, receivers, payload)
+        _insert_mysql(connection, alias, signal, receivers, payload, trace_context)
         return
     conflict = DEDUPE_CONFLICT if any(row.dedupe_key is not None for row in receivers) else ""
     if connection.vendor != "postgresql":
@@ -933,7 +933,7 @@ _MY_NOW = "UTC_TIMESTAMP(6)"
 _MY_COLUMNS = _COLUMNS.replace("signal, ", "`signal`, ", 1)
 _SELECT_CLAIMED_MYSQL = (
     f"SELECT id, `signal`, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
-    f"queue, ordering_key, created_at FROM {TABLE}"
+    f"queue, ordering_key, created_at, trace_context FROM {TABLE}"
 )
 
 
@@ -1045,7 +1045,12 @@ _BLOCKED_MYSQL = (
 
 
 def _insert_mysql(
-    connection: Any, alias: str, signal: str, receivers: Sequence[NewEvent], payload: str
+    connection: Any,
+    alias: str,
+    signal: str,
+    receivers: Sequence[NewEvent],
+    payload: str,
+    trace_context: str | None = None,
 ) -> None:
     """:func:`insert_events` on MySQL/MariaDB: one INSERT, after the key locks and the test
     for blocked keys when some events are keyed (in a transaction: the sender's, or one
@@ -1056,6 +1061,9 @@ def _insert_mysql(
     moment = timezone.now()
     keyed = sorted({(row.receiver, row.ordering_key) for row in receivers if row.ordering_key is not None})
     rows, params = [], []
+    columns, traced = (
+        (_MY_COLUMNS, "") if trace_context is None else (f"{_MY_COLUMNS}, trace_context", ", %s")
+    )
     # Unkeyed events need no transaction of their own: one INSERT is atomic.
     atomic = transaction.atomic(using=alias, savepoint=False) if keyed else contextlib.nullcontext()
     with atomic, connection.cursor() as cursor:
@@ -1077,10 +1085,12 @@ def _insert_mysql(
                 due, due_params = "%s", [_adapt(connection, later)]
             if key is not None and (receiver, key.encode()) in blocked:
                 due, due_params = "%s", [park_at]
-            rows.append(f"(%s, %s, %s, 'pending', 0, %s, {due}, '', {when}, '', '', %s, %s, %s)")
+            rows.append(f"(%s, %s, %s, 'pending', 0, %s, {due}, '', {when}, '', '', %s, %s, %s{traced})")
             params += [signal, receiver, payload, max_attempts, *due_params, *when_params, queue, key, dedupe]
+            if traced:
+                params.append(trace_context)
         dedupe = _DEDUPE_MYSQL if any(row.dedupe_key is not None for row in receivers) else ""
-        cursor.execute(f"INSERT INTO {TABLE} ({_MY_COLUMNS}) VALUES {', '.join(rows)}{dedupe}", params)
+        cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{dedupe}", params)
 
 
 def _park_behind_mysql(cursor: Any, connection: Any, event_id: int) -> None:

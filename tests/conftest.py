@@ -65,6 +65,29 @@ def _postgres_problem() -> str | None:
     return None
 
 
+def pytest_sessionstart(session):
+    """Import every module of the app now, in the main thread, before any test starts threads.
+
+    pytest rewrites the asserts of the package that ships its plugin (outbox.testing's
+    entry point), so importing an outbox module parses it with ``ast``; CPython 3.11 before
+    3.11.8 raises a spurious "AST constructor recursion depth mismatch" SystemError when
+    another thread parses at the same moment (gh-106905), which worker threads do as they
+    format a receiver's traceback. A lazy import in the middle of a test then fails it.
+    """
+    import importlib
+    import pkgutil
+
+    import outbox
+
+    for module in pkgutil.walk_packages(outbox.__path__, "outbox."):
+        try:
+            importlib.import_module(module.name)
+        except Exception:  # noqa: BLE001, S112 - an optional extra's module, tested where it is installed
+            continue
+    importlib.import_module(settings.ROOT_URLCONF)
+    importlib.import_module("hypothesis")  # its pytest plugin imports it at the session's end
+
+
 def pytest_report_header(config):
     db = settings.DATABASES["default"]
     where = f"{db.get('HOST') or 'local'}:{db.get('PORT') or ''}/{db['NAME']}"
