@@ -15,4 +15,4 @@ TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = ["django.contrib.contenttypes", "outbox", "bench.benchapp"]
 OUTBOX = {"POLL_INTERVAL": 0.2}
-SILENCED_SYSTEM_CHECKS = ["models.W036", "models.W037"]  # MySQL: migration 0007's indexes instead
+SILENCED_SYSTEM_CHECKS = ["models.W036", "models.W037"]  # MySQL: migration 0009's indexes instead

@@ -914,7 +914,7 @@ def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetim
 # --- MySQL and MariaDB ----------------------------------------------------------------
 #
 # What differs from the statements above, and why:
-# - No partial indexes: migration 0007 adds stored generated columns that are NULL where a
+# - No partial indexes: migration 0009 adds stored generated columns that are NULL where a
 #   partial index has no entry, and indexes them: due_at (outbox_event_due_my,
 #   outbox_event_queue_due_my), open_key (outbox_event_key_my), dedupe_slot (the unique
 #   outbox_event_dedupe_my). Keys are compared as bytes, through those VARBINARY columns.

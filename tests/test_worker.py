@@ -128,7 +128,7 @@ def test_a_bad_row_is_failed_for_good_without_calling_anything(row, error, drain
 
 @pytest.mark.skipif(
     connection.vendor == "mysql",
-    reason="MySQL/MariaDB keep the payload as plain text (migration 0007): the worker's check is the defence",
+    reason="MySQL/MariaDB keep the payload as plain text (migration 0009): the worker's check is the defence",
 )
 def test_the_database_itself_refuses_a_payload_that_is_not_json():
     from django.db import IntegrityError, transaction
