@@ -180,15 +180,22 @@ class Claim:
             self._in_hand.clear()
             self._done = []
 
-    def finish(self) -> int:
+    def finish(self, defer_done: bool = False) -> int:
         """Write what is owed: successes done, unstarted rows released. Retried through a
         database restart; returns how many rows were started.
+
+        ``defer_done``: leave the successes owed (:meth:`take_done`), for the worker's next
+        claim to write in its own statement (see :func:`claim`).
 
         The caller is done with the claim: a row still in hand (its runner raised before
         reporting it) is left to its lease, and the heartbeat stops extending it."""
         with self._lock:
             self._in_hand.clear()
         done, rest = self.hand_back()
+        if defer_done and done:
+            with self._lock:
+                self._done[:0] = done
+            done = []
         for attempt in range(5):
             try:
                 if done:
@@ -205,11 +212,30 @@ class Claim:
 
 
 def claim(
-    alias: str, batch_size: int, lease_seconds: float, worker: str, *, queues: Sequence[str] | None = None
+    alias: str,
+    batch_size: int,
+    lease_seconds: float,
+    worker: str,
+    *,
+    queues: Sequence[str] | None = None,
+    settle: Claim | None = None,
 ) -> Claim:
     """Claim up to ``batch_size`` due events on ``alias``, of ``queues`` (None: every queue;
-    see :func:`outbox.queries.claim`)."""
-    token, rows = queries.claim(alias, batch_size, lease_seconds, worker, queues=queues)
+    see :func:`outbox.queries.claim`). ``settle``: a previous claim on ``alias`` whose
+    successes are still owed; they are written done by the same statement (on PostgreSQL)
+    and stay owed if it fails."""
+    done = settle.take_done() if settle is not None else []
+    try:
+        token, rows = queries.claim(
+            alias, batch_size, lease_seconds, worker, queues=queues, done=(settle.token, done) if done else None
+        )
+    except BaseException:
+        if done:
+            with settle._lock:  # still owed: written by the next claim
+                settle._done[:0] = done
+        raise
+    if done:
+        logger.debug("wrote %d events done with the next claim", len(done))
     return Claim(alias, token, rows)
 
 

@@ -135,6 +135,8 @@ def setting_problem(key: str, value: Any) -> Problem | None:
         if value is not None and not _SECONDS.holds(seconds):
             return Problem("outbox.E007", f"{shown} is out of range.", hint)
         return None
+    if key == "WORKER_ASYNC_COMMIT" and not isinstance(value, bool):
+        return Problem("outbox.E004", f"{shown} must be True or False.", f"{key} takes True or False.")
     if key in ("DATABASE", "DISPATCHER", "NOTIFY_CHANNEL") and not isinstance(value, str):
         if value is None and key != "NOTIFY_CHANNEL":
             return None

@@ -28,7 +28,7 @@ from . import claims, limits, pruning, routing
 from .checks import unapplied_migrations
 from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
-from .dispatch import Dispatcher, get_dispatcher
+from .dispatch import Dispatcher, InProcessDispatcher, get_dispatcher
 from .heartbeat import Heartbeat
 from .listener import Listener, can_listen
 
@@ -81,6 +81,12 @@ class Worker:
                 f"not {self.concurrency!r}"
             )
         self.dispatcher = dispatcher or get_dispatcher(concurrency=self.concurrency)
+        # One after another, a batch's successes are written done by the next claim's
+        # statement (one round trip per batch); self._owed is the claim that owes them.
+        self._carry_done = isinstance(self.dispatcher, InProcessDispatcher) and self.concurrency == 1
+        if self._carry_done:
+            self.dispatcher.defer_done = True
+        self._owed: claims.Claim | None = None
         # A relay hands rows to a queue and needs a lease that covers the wait there.
         self.lease_seconds = (
             lease_seconds or getattr(self.dispatcher, "lease_seconds", None) or settings.LEASE_SECONDS
@@ -159,6 +165,7 @@ class Worker:
             close = getattr(self.dispatcher, "close", None)
             if close is not None:
                 close()  # the receivers in hand finish, under the heartbeat's leases
+            self._write_owed()
             self._heartbeat.stop()
             if self._listener:
                 self._listener.close()
@@ -190,7 +197,7 @@ class Worker:
                 if self.listen and self._listener is None:
                     self._listener = Listener(self.database, settings.NOTIFY_CHANNEL)
                     self._settled = False
-                handled = self.run_batch()
+                handled = self._run_batch()
                 failures = 0
                 self._maybe_prune()
                 if handled:
@@ -200,6 +207,7 @@ class Worker:
                     continue
                 if self.once:
                     if not self._in_flight():
+                        self._write_owed()
                         return
                     time.sleep(0.01)  # rows in hand may fail and fall due again
                     continue
@@ -282,17 +290,49 @@ class Worker:
     # --- one batch -------------------------------------------------------------------
 
     def run_batch(self) -> int:
-        """Claim one batch and hand it to the dispatcher; return how many were claimed."""
-        claim = claims.claim(
-            self.database, self.batch_size, self.lease_seconds, self.name, queues=self.queues
-        )
+        """Claim one batch and hand it to the dispatcher, its outcome written before this
+        returns; return how many were claimed."""
+        try:
+            return self._run_batch()
+        finally:
+            self._write_owed()
+
+    def _run_batch(self) -> int:
+        """:meth:`run_batch` in the loop: the batch's successes may stay owed, written done
+        by the statement of the next claim (which the loop makes at once, batch or none)."""
+        owed, self._owed = self._owed, None
+        try:
+            claim = self._claim(settle=owed)
+        except BaseException:
+            self._owed = owed  # its successes are still owed
+            raise
+        if not claim.rows and owed is not None:
+            # The claim's snapshot saw the rows it wrote done still running, so the next
+            # event of their ordering keys was not yet claimable: look once more before
+            # idling (only at the end of a burst).
+            claim = self._claim()
         if claim.rows:
             # The heartbeat keeps the rows still the claim's leased until it has settled (a
             # row already run but not yet written done must not be reclaimed either), and
             # may hand back the unstarted rest while a receiver runs long.
             self._heartbeat.hold(claim)
-            self.processed += self.dispatcher.dispatch(claim)
+            try:
+                self.processed += self.dispatcher.dispatch(claim)
+            finally:
+                if self._carry_done:
+                    self._owed = claim
         return len(claim)
+
+    def _claim(self, settle: claims.Claim | None = None) -> claims.Claim:
+        return claims.claim(
+            self.database, self.batch_size, self.lease_seconds, self.name, queues=self.queues, settle=settle
+        )
+
+    def _write_owed(self) -> None:
+        """Write done the successes the last claim still owes (retried through a restart)."""
+        owed, self._owed = self._owed, None
+        if owed is not None:
+            owed.finish()
 
     def _in_flight(self) -> bool:
         busy = getattr(self.dispatcher, "busy", None)
