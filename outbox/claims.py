@@ -227,7 +227,12 @@ def claim(
     done = settle.take_done() if settle is not None else []
     try:
         token, rows = queries.claim(
-            alias, batch_size, lease_seconds, worker, queues=queues, done=(settle.token, done) if done else None
+            alias,
+            batch_size,
+            lease_seconds,
+            worker,
+            queues=queues,
+            done=(settle.token, done) if done else None,
         )
     except BaseException:
         if done:

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import claims, limits, pruning, routing
+from . import claims, limits, pruning, routing, status
 from .checks import unapplied_migrations
 from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
@@ -42,6 +42,10 @@ _PRUNE_BUDGET_SECONDS = 1.0
 # Longest pause between looks at the table while a sender that did not notify is still in
 # its transaction (see Worker._idle).
 _SETTLE_MAX = 0.1
+
+# Seconds between a PostgreSQL worker's looks at the table's dead rows and at the oldest
+# transaction holding the xmin horizon (outbox.status.attention), logged as warnings.
+_ATTENTION_INTERVAL = 60.0
 
 # Errors that mean "the database went away", after which the worker reconnects.
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
@@ -106,6 +110,7 @@ class Worker:
         self._heartbeat = Heartbeat(self.database, self.lease_seconds)
         self._signal_count = 0
         self._next_prune = 0.0  # monotonic time of the next pruning visit; 0: at start
+        self._next_attention = 0.0  # monotonic time of the next look at the table's health
 
     def _refuse_bad_numbers(self) -> None:
         """Refuse to start on a setting or an argument out of its range, rather than die of
@@ -200,6 +205,7 @@ class Worker:
                 handled = self._run_batch()
                 failures = 0
                 self._maybe_prune()
+                self._maybe_warn()
                 if handled:
                     if self._listener is not None:
                         self._listener.disarm()  # busy: senders need not notify
@@ -286,6 +292,24 @@ class Worker:
         self._next_prune = time.monotonic() + (settings.PRUNE_INTERVAL if result.complete else 9 * elapsed)
         if result.total:
             logger.info("pruned %d done events finished over %s ago", result.total, after)
+
+    def _maybe_warn(self) -> None:
+        """Every _ATTENTION_INTERVAL on PostgreSQL: warn of what slows every claim (dead
+        rows VACUUM has not removed, a transaction that keeps it from removing them)."""
+        if self.once or time.monotonic() < self._next_attention:
+            return
+        self._next_attention = time.monotonic() + _ATTENTION_INTERVAL
+        if connections[self.database].vendor != "postgresql":
+            return
+        try:
+            notes = status.table_attention(self.database)
+        except DatabaseError as exc:
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise
+            logger.debug("could not read the table's statistics: %s", exc)
+            return
+        for note in notes:
+            logger.warning("%s (manage.py outbox_status shows it)", note)
 
     # --- one batch -------------------------------------------------------------------
 

@@ -128,7 +128,9 @@ def test_the_claim_walks_the_due_index_in_order_over_dead_rows_vacuum_cannot_rem
         holder.rollback()
     nodes = list(_nodes(plan))
     kinds = {node["Node Type"] for node in nodes}
-    assert not kinds & {"Sort", "Incremental Sort", "Bitmap Heap Scan", "Bitmap Index Scan", "Seq Scan"}, kinds
+    assert not kinds & {"Sort", "Incremental Sort", "Bitmap Heap Scan", "Bitmap Index Scan", "Seq Scan"}, (
+        kinds
+    )
     # The batch's rows come from an ordered walk of the due index, stopped by the LIMIT.
     [select] = [n for n in nodes if n["Node Type"] == "Limit" and n.get("Subplan Name") == "CTE due"]
     walk = [n for n in _nodes(select) if n.get("Index Name") == "outbox_event_due"]
