@@ -182,7 +182,6 @@ def _finish_unvacuumably(count: int) -> None:
 @postgres_only
 def test_names_the_transaction_that_holds_back_vacuum_and_the_dead_rows_it_keeps(held_snapshot, monkeypatch):
     from outbox import status as status_module
-
     from tests.conftest import wait_for
 
     _finish_unvacuumably(30)
