@@ -37,10 +37,18 @@ _CONNECTION_ERRORS = (OperationalError, InterfaceError)
 class Claim:
     """The rows claimed under ``token`` on ``database``, and what became of each."""
 
-    def __init__(self, database: str, token: str, rows: Sequence[queries.Claimed]) -> None:
+    def __init__(
+        self,
+        database: str,
+        token: str,
+        rows: Sequence[queries.Claimed],
+        position: queries.Position | None = None,
+    ) -> None:
         self.database = database
         self.token = token
         self.rows = list(rows)
+        #: Where the earliest row stood in the due index (PostgreSQL): see queries.claim_after.
+        self.position = position
         #: How many rows were started, and how many of those succeeded.
         self.started = 0
         self.succeeded = 0
@@ -219,20 +227,23 @@ def claim(
     *,
     queues: Sequence[str] | None = None,
     settle: Claim | None = None,
+    after: queries.Position | None = None,
 ) -> Claim:
     """Claim up to ``batch_size`` due events on ``alias``, of ``queues`` (None: every queue;
-    see :func:`outbox.queries.claim`). ``settle``: a previous claim on ``alias`` whose
+    see :func:`outbox.queries.claim`), walking the due index from ``after`` (None: its start;
+    see :func:`outbox.queries.claim_after`). ``settle``: a previous claim on ``alias`` whose
     successes are still owed; they are written done by the same statement (on PostgreSQL)
     and stay owed if it fails."""
     done = settle.take_done() if settle is not None else []
     try:
-        token, rows = queries.claim(
+        token, rows, position = queries.claim_after(
             alias,
             batch_size,
             lease_seconds,
             worker,
             queues=queues,
             done=(settle.token, done) if done else None,
+            after=after,
         )
     except BaseException:
         if done:
@@ -241,7 +252,7 @@ def claim(
         raise
     if done:
         logger.debug("wrote %d events done with the next claim", len(done))
-    return Claim(alias, token, rows)
+    return Claim(alias, token, rows, position)
 
 
 def take(alias: str, ticket: str, ids: Sequence[int], lease_seconds: float, worker: str) -> Claim:
