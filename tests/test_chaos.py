@@ -77,9 +77,16 @@ def test_four_workers_racing_without_faults_run_nothing_twice(concurrency):
 
 @pytest.mark.parametrize("concurrency", [1, 8])
 def test_sigkilled_workers_lose_nothing_and_duplicates_stay_within_rows_in_flight(concurrency):
-    # 20 ms a call: about 5 s of work per worker, so kills land mid-batch on a fast machine too.
+    # 20 ms a call, times the calls a worker runs at once: about 5 s of work per worker at any
+    # concurrency, so kills land mid-batch on a fast machine too.
     report = chaos.run(
-        1000, 4, kill_interval=(1.0, 2.5), batch_size=20, seed=2, pause=0.02, concurrency=concurrency
+        1000,
+        4,
+        kill_interval=(1.0, 2.5),
+        batch_size=20,
+        seed=2,
+        pause=0.02 * concurrency,
+        concurrency=concurrency,
     )
     print(f"\n{report}")
     assert report.kills >= 2 and report.in_flight_at_kills > 0, "the kills hit workers holding rows"
