@@ -538,6 +538,28 @@ def _check(ok: bool, *needed: Any) -> bool | None:
     return ok
 
 
+def drain_targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Issue 14, target 1: one worker drains at least as fast as the raw floor, same run."""
+    ours, floor = r.get("drain.ours.1", 0), r.get("drain.floor.1", 0)
+    return [
+        (
+            f"drain, 1 worker: >= 1.0x the raw psycopg floor ({floor:,.0f}/s)",
+            f"{ours / max(floor, 1):.2f}x",
+            _check(ours >= floor, ours, floor),
+        )
+    ]
+
+
+def latency_targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Issue 14, target 2: commit to receiver start with LISTEN, on an idle worker."""
+    p50 = r.get("latency.ours.listen.p50", float("nan"))
+    p99 = r.get("latency.ours.listen.p99", float("nan"))
+    return [
+        ("latency with LISTEN: p50 <= 1.0 ms", f"{p50:.1f} ms", _check(p50 <= 1.0, p50)),
+        ("latency with LISTEN: p99 <= 2.0 ms", f"{p99:.1f} ms", _check(p99 <= 2.0, p99)),
+    ]
+
+
 def report(r: dict[str, Any]) -> tuple[str, list[tuple[str, str, bool]]]:
     """The table as Markdown, and the targets with their verdicts."""
     g = r.get
@@ -563,22 +585,24 @@ def report(r: dict[str, Any]) -> tuple[str, list[tuple[str, str, bool]]]:
             ratio = g(f"write.{c}.{system}.ratio", float("nan"))
             cells.append("n/a" if not tps else f"{tps:,.0f} vs {tps * ratio:,.0f}: {ratio:.2f}x")
         lines.append(f"| {NAMES[system]} | " + " | ".join(cells) + " |")
-    if clients:
-        c1, cn = clients[0], clients[-1]
-        ratio1 = g(f"write.{c1}.ours1.ratio", float("nan"))
-        ration = g(f"write.{cn}.ours1.ratio", float("nan"))
+    for c in clients:
+        # Issue 14, target 3: the send adds one statement to the user's transaction; a bare
+        # one-row INSERT through Django's cursor, in the same run, is the floor of that design.
+        ours, bare = g(f"write.{c}.ours1.ratio", float("nan")), g(f"write.{c}.raw_insert.ratio", float("nan"))
         targets.append(
             (
-                f"write path, {c1} client: ours / baseline time <= 1.3",
-                f"{ratio1:.2f}x",
-                _check(ratio1 <= 1.3, ratio1),
+                f"write path, {c} client{'s' if c > 1 else ''}: ours within 5% of the bare INSERT "
+                f"({ours:.2f}x vs {bare:.2f}x of the baseline)",
+                f"{ours / bare:.3f}",
+                _check(ours <= 1.05 * bare, ours, bare),
             )
         )
+        three = g(f"write.{c}.ours3.ratio", float("nan"))
         targets.append(
             (
-                f"write path, {cn} clients: ours / baseline time <= 1.5",
-                f"{ration:.2f}x",
-                _check(ration <= 1.5, ration),
+                f"write path, {c} client{'s' if c > 1 else ''}: 3 deferred receivers within 5% of one",
+                f"{three / ours:.3f}",
+                _check(three <= 1.05 * ours, three, ours),
             )
         )
 
@@ -607,14 +631,7 @@ def report(r: dict[str, Any]) -> tuple[str, list[tuple[str, str, bool]]]:
             _check(ours >= 3 * peers[best], ours, peers[best]),
         )
     )
-    floor = g("drain.floor.1", 0)
-    targets.append(
-        (
-            f"drain, 1 worker: >= 0.5x the raw psycopg floor ({floor:,.0f}/s)",
-            f"{ours / max(floor, 1):.2f}x",
-            _check(ours >= 0.5 * floor, ours, floor),
-        )
-    )
+    targets.extend(drain_targets(r))
     model = g("drain.ours.model.1", 0)
     targets.append(
         ("drain, one model instance per payload: >= 3,000/s", f"{model:,.0f}/s", _check(model >= 3000, model))
@@ -650,9 +667,7 @@ def report(r: dict[str, Any]) -> tuple[str, list[tuple[str, str, bool]]]:
             + " | ".join(f"{g(f'{key}.p{q}'):.1f}" for q in (50, 95, 99))
             + " |"
         )
-    p50, p99 = g("latency.ours.listen.p50", float("nan")), g("latency.ours.listen.p99", float("nan"))
-    targets.append(("latency with LISTEN: p50 <= 2 ms", f"{p50:.1f} ms", _check(p50 <= 2, p50)))
-    targets.append(("latency with LISTEN: p99 <= 7 ms", f"{p99:.1f} ms", _check(p99 <= 7, p99)))
+    targets.extend(latency_targets(r))
 
     start, after = g("memory.start_mb", 0), g("memory.after_mb", 0)
     n = r["meta"]["sizes"]["memory_n"]
@@ -708,6 +723,21 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+#: Issue 14's figures (async bookkeeping, bloat, A/B runs) are written by hand from
+#: bench/ab.py and bench/bloat.py runs; a full run keeps them.
+PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
+
+
+def carry_section(old: str, new: str, begin: str, end: str) -> str:
+    """``new`` with the section of ``old`` between ``begin`` and ``end`` carried over, before
+    "## How each figure is measured"."""
+    if begin not in old or end not in old or begin in new:
+        return new
+    section = begin + old.partition(begin)[2].partition(end)[0] + end
+    head, marker, tail = new.partition("\n## How each figure is measured")
+    return head + "\n" + section + "\n" + marker + tail if marker else new + "\n" + section + "\n"
 
 
 def write_report(r: dict[str, Any], markdown: Path, png: Path) -> str:
@@ -785,18 +815,21 @@ Read with the table above; profiles taken with pyinstrument and cProfile on this
   8-client gap. Three receivers are three INSERTs, one round trip each; writing all of a send's
   deferred receivers in one multi-row INSERT would bring that row near the one-receiver row
   (not done).
-- **Drain.** The floor, a raw psycopg loop running only our
-  claim and completion statements, bounds us, and we run at most of it: per batch of 100, two
-  synchronously committed statements that each rewrite 100 rows and their index entries.
-  Python is a small share (about 25 us of CPU per event with a primitive payload). Going past
-  the floor means making the statements cheaper: larger batches, asynchronous commit for the
-  worker's own bookkeeping, or completing one batch in the statement that claims the next.
-  Those change durability or configuration, so they are left as proposals.
+- **Drain.** The floor is a raw psycopg loop running only our claim and completion
+  statements, each committed synchronously: per batch of 100, two statements and two WAL
+  flushes. The worker makes one statement per batch (the claim also writes the previous batch
+  done) and commits it asynchronously (`WORKER_ASYNC_COMMIT`), so what is left is its Python:
+  about 27 us of CPU per event with a primitive payload (decoding, the receiver call, the
+  check for transactions left open), which on two shared cores is as much as the floor's
+  statements cost. Larger batches did not measurably help (in-process, 100/250/500/1000).
 - **Model instance per payload.** The re-fetch is one query per model per batch (`in_bulk`);
   what it costs is Django building 100 model instances per batch and the 100-parameter IN list,
   about 40 us of CPU per event more than a primitive payload.
-- **Latency.** The claim that follows the wake-up is a synchronously committed UPDATE: its
-  WAL flush is in every event's latency, and on a shared machine the slowest flushes set p99.
+- **Latency.** After the wake-up the worker makes one claim, committed asynchronously (no WAL
+  flush): about 0.4 ms on an idle table, of which planning is most (the statement is planned
+  at each run: client-side binding). The rest is the NOTIFY's way from the sender's commit
+  through the listening backend to the worker process: three processes to schedule on two
+  cores shared with other jobs, which sets the p99.
 - **Noise.** Other jobs ran test suites against the same PostgreSQL server during these runs
   (load averages of 3 to 12 on 2 cores), and the server was restarted under one run (the step
   was retried). Rates differ by up to 2x between runs; compare figures within one run.
@@ -819,7 +852,8 @@ make bench-smoke               # the harness end to end at tiny sizes (CI)
 """
     from bench.iobound.report import kept
 
-    markdown.write_text(kept(markdown.read_text() if markdown.exists() else "", text))
+    old = markdown.read_text() if markdown.exists() else ""
+    markdown.write_text(carry_section(old, kept(old, text), PERF_BEGIN, PERF_END))
     plot(r, png)
     return table
 

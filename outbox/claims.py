@@ -37,10 +37,18 @@ _CONNECTION_ERRORS = (OperationalError, InterfaceError)
 class Claim:
     """The rows claimed under ``token`` on ``database``, and what became of each."""
 
-    def __init__(self, database: str, token: str, rows: Sequence[queries.Claimed]) -> None:
+    def __init__(
+        self,
+        database: str,
+        token: str,
+        rows: Sequence[queries.Claimed],
+        position: queries.Position | None = None,
+    ) -> None:
         self.database = database
         self.token = token
         self.rows = list(rows)
+        #: Where the earliest row stood in the due index (PostgreSQL): see queries.claim_after.
+        self.position = position
         #: How many rows were started, and how many of those succeeded.
         self.started = 0
         self.succeeded = 0
@@ -201,15 +209,22 @@ class Claim:
             self._done = []
             self._ran.clear()
 
-    def finish(self) -> int:
+    def finish(self, defer_done: bool = False) -> int:
         """Write what is owed: successes done, unstarted rows released. Retried through a
         database restart; returns how many rows were started.
+
+        ``defer_done``: leave the successes owed (:meth:`take_done`), for the worker's next
+        claim to write in its own statement (see :func:`claim`).
 
         The caller is done with the claim: a row still in hand (its runner raised before
         reporting it) is left to its lease, and the heartbeat stops extending it."""
         with self._lock:
             self._in_hand.clear()
         done, rest = self.hand_back()
+        if defer_done and done:
+            with self._lock:
+                self._done[:0] = done
+            done = []
         for attempt in range(5):
             try:
                 if done:
@@ -226,12 +241,42 @@ class Claim:
 
 
 def claim(
-    alias: str, batch_size: int, lease_seconds: float, worker: str, *, queues: Sequence[str] | None = None
+    alias: str,
+    batch_size: int,
+    lease_seconds: float,
+    worker: str,
+    *,
+    queues: Sequence[str] | None = None,
+    settle: Claim | None = None,
+    after: queries.Position | None = None,
 ) -> Claim:
     """Claim up to ``batch_size`` due events on ``alias``, of ``queues`` (None: every queue;
-    see :func:`outbox.queries.claim`)."""
-    token, rows = queries.claim(alias, batch_size, lease_seconds, worker, queues=queues)
-    return Claim(alias, token, rows)
+    see :func:`outbox.queries.claim`), walking the due index from ``after`` (None: its start;
+    see :func:`outbox.queries.claim_after`). ``settle``: a previous claim on ``alias`` whose
+    successes are still owed; they are written done by the same statement (on PostgreSQL)
+    and stay owed if it fails."""
+    done = settle.take_done() if settle is not None else []
+    try:
+        token, rows, position = queries.claim_after(
+            alias,
+            batch_size,
+            lease_seconds,
+            worker,
+            queues=queues,
+            done=(settle.token, done, settle._timings(done)) if done else None,
+            after=after,
+        )
+    except BaseException:
+        if done:
+            with settle._lock:  # still owed: written by the next claim
+                settle._done[:0] = done
+        raise
+    if done:
+        with settle._lock:
+            for event_id in done:
+                settle._ran.pop(event_id, None)
+        logger.debug("wrote %d events done with the next claim", len(done))
+    return Claim(alias, token, rows, position)
 
 
 def take(alias: str, ticket: str, ids: Sequence[int], lease_seconds: float, worker: str) -> Claim:

@@ -36,6 +36,11 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     # Events claimed in one statement.
     "BATCH_SIZE": 100,
+    # PostgreSQL: the worker's own bookkeeping (claim, complete, release, lease extension)
+    # commits with synchronous_commit off, so it does not wait for a WAL flush. A server
+    # crash may then forget the last fraction of a second of it: those events run again.
+    # Never applies to the sender's INSERT, nor to anything a receiver writes.
+    "WORKER_ASYNC_COMMIT": True,
     # Receivers one worker runs at once: sync ones in that many threads, async ones as
     # tasks on one event loop. 1 runs them one after another (run_outbox --concurrency).
     "CONCURRENCY": 1,

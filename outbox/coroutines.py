@@ -20,6 +20,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,20 @@ def is_async(func: Callable[..., Any]) -> bool:
     """Whether calling ``func`` returns a coroutine to await: an ``async def`` function, one
     marked with ``markcoroutinefunction``, an object whose ``__call__`` is one, or a
     ``functools.partial`` of any of these."""
+    if type(func) is types.FunctionType:
+        # Asked once per event, of the few functions receivers are: remembered (a function's
+        # code flags do not change; markcoroutinefunction marks it before it is connected).
+        known = _is_async_function.get(func)
+        if known is None:
+            known = _is_async_function[func] = _is_async(func)
+        return known
+    return _is_async(func)
+
+
+_is_async_function: dict[types.FunctionType, bool] = {}
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
     while isinstance(func, functools.partial):
         func = func.func
     if iscoroutinefunction(func):

@@ -60,6 +60,11 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
     started_before, done_before = claim.started, claim.succeeded
     decoder, payloads = decode_batch(claim.rows)
     count_done = observability.done
+    # The connections in a transaction before the batch (none in a worker, which runs in
+    # autocommit): after each receiver every other one is out of a transaction again
+    # (call_receiver rolls back what it left open), so this holds for the next receiver too,
+    # and is looked up once per batch rather than once per event.
+    before = open_transactions()
     while not should_stop():
         row = claim.next()
         if row is None:
@@ -70,7 +75,7 @@ def run_claimed(claim: Claim, should_stop: Callable[[], bool] = lambda: False) -
             succeeded = _run_alone(claim, row, payload, decoder)
             claim.ran(row.id, succeeded, recorded=True)
         else:
-            succeeded, written = _run_one(claim, row, payload, decoder)
+            succeeded, written = _run_one(claim, row, payload, decoder, before)
             claim.ran(row.id, succeeded, recorded=written)
         if succeeded and debug:
             elapsed = (time.perf_counter() - started) * 1000
@@ -179,21 +184,32 @@ def prepare(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDe
     return Prepared(spec, signal, sender, kwargs, row, claim)
 
 
-def _run_one(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> tuple[bool, bool]:
+def _run_one(
+    claim: Claim,
+    row: queries.Claimed,
+    payload: Any,
+    decoder: PayloadDecoder,
+    before: frozenset[str] | None = None,
+) -> tuple[bool, bool]:
     """Run one event; return (succeeded, already written done). A failure is recorded here."""
     started = time.perf_counter()
     ready = prepare(claim, row, payload, decoder)
     if ready is None:
         return False, True
-    failure = call_receiver(ready)
+    failure = call_receiver(ready, before)
     if failure is not None:
         record_failure(claim, row, failure, started, permanent=False)
         return False, True
     return True, ready.written
 
 
-def call_receiver(ready: Prepared, before_done: Callable[[], None] | None = None) -> BaseException | None:
-    """Call one receiver; return its failure, None on success.
+def call_receiver(
+    ready: Prepared,
+    before: frozenset[str] | None = None,
+    before_done: Callable[[], None] | None = None,
+) -> BaseException | None:
+    """Call one receiver; return its failure, None on success. ``before``: the aliases of
+    this thread's connections in a transaction now, if the caller knows them (else looked up).
 
     Whatever it raises is its failure, not the worker's: SystemExit, KeyboardInterrupt,
     CancelledError and GeneratorExit too, except Ctrl-C (see _is_ctrl_c). So is returning
@@ -204,7 +220,8 @@ def call_receiver(ready: Prepared, before_done: Callable[[], None] | None = None
     (:func:`_call_atomically`); ``before_done`` is called in it first, and may raise to
     roll it back (the concurrent runner's check that the attempt has not timed out).
     """
-    before = open_transactions()
+    if before is None:
+        before = open_transactions()
     failure: BaseException | None = None
     try:
         with running(ready.row), observability.watching(ready):

@@ -34,6 +34,7 @@ from django.utils.dateparse import parse_datetime
 from .conf import settings
 
 __all__ = [
+    "ASYNC_COMMIT_POSTGRESQL",
     "CLAIM_POSTGRESQL",
     "COMPLETE_POSTGRESQL",
     "DEDUPE_CONFLICT",
@@ -42,7 +43,9 @@ __all__ = [
     "HEAD_OF_KEY_POSTGRESQL",
     "NewEvent",
     "PARKED",
+    "Position",
     "claim",
+    "claim_after",
     "complete",
     "database_now",
     "delete_finished",
@@ -199,23 +202,76 @@ HEAD_OF_KEY = (
     f"AND earlier.id < {TABLE}.id AND earlier.status IN ('pending', 'running', 'failed')))"
 )
 _ORDER = "ORDER BY available_at, id LIMIT %(limit)s"
-#: Every queue; parameters: token, lease (seconds), worker, limit. Served by outbox_event_due.
-CLAIM_POSTGRESQL = (
-    f"WITH due AS MATERIALIZED (SELECT id AS due_id FROM {TABLE} WHERE {_DUE} AND {HEAD_OF_KEY_POSTGRESQL} "
-    f"{_ORDER} FOR UPDATE SKIP LOCKED) "
-    f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
-).format_map(_PG_TIMES)
-#: Named queues (parameter ``queues``, a list, too). Served by outbox_event_queue_due, one
-#: ordered range per queue: each queue gives its first ``limit`` due rows (locked), the
-#: earliest ``limit`` of those are claimed, the rest unlocked when the statement ends.
-CLAIM_POSTGRESQL_QUEUES = (
-    "WITH due AS MATERIALIZED (SELECT due_id FROM unnest(%(queues)s::text[]) AS chosen(name) "
+# PostgreSQL: the worker's bookkeeping committed without waiting for the WAL flush
+# (OUTBOX["WORKER_ASYNC_COMMIT"]). set_config(..., true) is SET LOCAL as an expression, so
+# it travels inside the statement: no extra round trip. As an uncorrelated subquery it is
+# an InitPlan, run once per statement, not once per row. It is appended only to a statement
+# that is its own transaction (autocommit, outside atomic(): see _bookkeeping()); inside a
+# caller's transaction it would change how the caller's own writes commit.
+ASYNC_COMMIT_POSTGRESQL = " AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
+
+# The completion of the previous batch, carried by the claim of the next one (one round
+# trip for both; see claim()'s ``done``): a data-modifying CTE, run to its end whatever the
+# rest of the statement does, fenced on that batch's token. Its rows are running under a
+# live lease, so the claim below does not see them as due; were a lease to have expired,
+# a row is either written done here or reclaimed below (a row updated by one part of a
+# statement is skipped by the other), never both.
+_FINISH_POSTGRESQL = (
+    f"finished AS (UPDATE {TABLE} SET status = 'done', "
+    f"started_at = {_PG_NOW} - ran.since_start * interval '1 second', "
+    f"finished_at = {_PG_NOW} - coalesce(ran.since_end, 0) * interval '1 second', lease_token = NULL "
+    "FROM unnest(%(done)s::bigint[], %(done_since_start)s::float8[], %(done_since_end)s::float8[]) "
+    f"AS ran(id, since_start, since_end) "
+    f"WHERE {TABLE}.id = ran.id AND {TABLE}.lease_token = %(done_token)s), "
+)
+# A walk of outbox_event_due that starts at a position, (available_at, id), rather than at
+# its first entry (parameters after_at, after_id): see claim_after(). The row comparison is
+# the start of the index range, so the dead entries before it are never read.
+_AFTER_POSTGRESQL = " AND (available_at, id) >= (%(after_at)s, %(after_id)s)"
+# The claims return, last, where each row stood in the index when claimed (due_at, its
+# available_at then): claim_after() takes its next position from it.
+_CLAIM_POSTGRESQL = (
+    f"WITH {{finish}}due AS MATERIALIZED (SELECT id AS due_id, available_at AS due_at FROM {TABLE} "
+    f"WHERE {_DUE}{{after}} AND {HEAD_OF_KEY_POSTGRESQL} {_ORDER} FOR UPDATE SKIP LOCKED) "
+    f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id{{bookkeeping}} {_RETURNING}, due_at"
+)
+_CLAIM_POSTGRESQL_QUEUES = (
+    "WITH {finish}due AS MATERIALIZED (SELECT due_id, due_at FROM unnest(%(queues)s::text[]) AS chosen(name) "
     f"CROSS JOIN LATERAL (SELECT id AS due_id, available_at AS due_at FROM {TABLE} "
     f"WHERE queue = chosen.name AND {_DUE} AND {HEAD_OF_KEY_POSTGRESQL} {_ORDER} "
     "FOR UPDATE SKIP LOCKED) AS one "
     "ORDER BY due_at, due_id LIMIT %(limit)s) "
-    f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id {_RETURNING}"
-).format_map(_PG_TIMES)
+    f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id{{bookkeeping}} {_RETURNING}, due_at"
+)
+
+
+def _claim_postgresql(queues: bool, finish: bool, bookkeeping: str, after: bool = False) -> str:
+    """The PostgreSQL claim: of every queue or of named ones (parameter ``queues``), with
+    or without the previous batch's completion (parameters ``done``, ``done_token``),
+    committed asynchronously or not (``bookkeeping``: ASYNC_COMMIT_POSTGRESQL or ""),
+    from the start of the due index or, every queue only, from a position (``after``)."""
+    key = (queues, finish, bookkeeping, after)
+    statement = _claims_postgresql.get(key)
+    if statement is None:
+        template = _CLAIM_POSTGRESQL_QUEUES if queues else _CLAIM_POSTGRESQL
+        times = {
+            **_PG_TIMES,
+            "finish": _FINISH_POSTGRESQL if finish else "",
+            "bookkeeping": bookkeeping,
+            "after": _AFTER_POSTGRESQL if after else "",
+        }
+        statement = _claims_postgresql[key] = template.format_map(times)
+    return statement
+
+
+_claims_postgresql: dict[tuple[bool, bool, str, bool], str] = {}
+#: Every queue; parameters: token, lease (seconds), worker, limit. Served by outbox_event_due.
+#: The benchmark's floor runs it as it is: committed synchronously, no completion carried.
+CLAIM_POSTGRESQL = _claim_postgresql(False, False, "")
+#: Named queues (parameter ``queues``, a list, too). Served by outbox_event_queue_due, one
+#: ordered range per queue: each queue gives its first ``limit`` due rows (locked), the
+#: earliest ``limit`` of those are claimed, the rest unlocked when the statement ends.
+CLAIM_POSTGRESQL_QUEUES = _claim_postgresql(True, False, "")
 CLAIM_OTHER = (
     f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN "
     f"(SELECT id FROM {TABLE} WHERE {_DUE} AND {HEAD_OF_KEY} {_ORDER}) {_RETURNING}"
@@ -602,8 +658,16 @@ def claim(
     worker: str,
     *,
     queues: Sequence[str] | None = None,
+    done: tuple[Any, ...] | None = None,
 ) -> tuple[str, list[Claimed]]:
     """Claim up to ``batch_size`` due events in one statement; return (token, rows).
+
+    :func:`claim_after` from the start of the due index.
+
+    ``done``, a (token, ids) pair or a (token, ids, timings) triple (timings as
+    :func:`complete` takes them), marks the previous batch's successes done in the same
+    statement on PostgreSQL (fenced on that token, as :func:`complete`), or in a
+    :func:`complete` just before the claim elsewhere: one round trip per batch, not two.
 
     Due means pending with ``available_at`` passed, or running with an expired lease (its
     worker died: such an orphan comes back with ``alone`` set, its attempt not counted; see
@@ -615,20 +679,69 @@ def claim(
     a row; on SQLite the single UPDATE holds the database write lock, which serializes
     claimers.
     """
+    token, rows, _ = claim_after(alias, batch_size, lease_seconds, worker, queues=queues, done=done)
+    return token, rows
+
+
+#: A position in outbox_event_due: (available_at, id).
+Position = tuple[datetime.datetime, int]
+
+
+def claim_after(
+    alias: str,
+    batch_size: int,
+    lease_seconds: float,
+    worker: str,
+    *,
+    queues: Sequence[str] | None = None,
+    done: tuple[Any, ...] | None = None,
+    after: Position | None = None,
+) -> tuple[str, list[Claimed], Position | None]:
+    """:func:`claim`, walking the due index from ``after`` (PostgreSQL, every queue; None:
+    from its start); return (token, rows, position) where position is that of the earliest
+    row claimed (PostgreSQL; else None), for the next claim to start from.
+
+    Why: finished events leave dead entries in the due index (two each) until VACUUM
+    removes them, and a transaction that holds the xmin horizon back keeps VACUUM from
+    removing any. A claim from the start steps over all of them, every time (0.4 s per
+    claim behind 1,000,000 finished events: ``make bench-bloat``); one from the previous
+    batch's position steps over one batch's. It misses what lies before the position: rows
+    another claim skipped (locked by another worker, or behind the head of their ordering
+    key) and rows that became visible later with an earlier ``available_at`` (a sender's
+    long transaction, an expired lease). So the caller starts from the index's start
+    whenever a claim from a position comes back short of ``batch_size``, and regularly
+    (:class:`outbox.Worker`): those rows wait at most that long, and are never lost.
+    """
     connection = connections[alias]
     token = uuid.uuid4().hex
     params: dict[str, Any] = {"token": token, "limit": batch_size, "worker": worker}
     chosen = None if queues is None else list(dict.fromkeys(queues))
+    if done is not None and len(done) == 2:  # no timings: started unknown, returned now
+        done = (done[0], done[1], [(None, 0.0)] * len(done[1]))
+    finish = done is not None and bool(done[1])
+    if finish and connection.vendor != "postgresql":
+        complete(alias, *done)
+        finish = False
     if chosen == []:
-        return token, []
+        if finish:
+            complete(alias, *done)
+        return token, [], None
     if connection.vendor == "mysql":
-        return token, _claim_mysql(alias, params, lease_seconds, chosen)
-    if connection.vendor == "postgresql":
+        return token, _claim_mysql(alias, params, lease_seconds, chosen), None
+    postgresql = connection.vendor == "postgresql"
+    if postgresql:
         params["lease"] = float(lease_seconds)
-        if chosen is None:
-            sql = CLAIM_POSTGRESQL
-        else:
-            sql, params["queues"] = CLAIM_POSTGRESQL_QUEUES, chosen
+        if chosen is not None:
+            params["queues"] = chosen
+            after = None
+        if finish:
+            done_token, done_ids, timings = done
+            params["done_token"], params["done"] = done_token, list(done_ids)
+            params["done_since_start"] = [since_start for since_start, _ in timings]
+            params["done_since_end"] = [float(since_end) for _, since_end in timings]
+        if after is not None:
+            params["after_at"], params["after_id"] = after
+        sql = _claim_postgresql(chosen is not None, finish, _bookkeeping(connection), after is not None)
     else:
         now = timezone.now()
         params["until"] = _adapt(connection, now + datetime.timedelta(seconds=lease_seconds))
@@ -640,8 +753,12 @@ def claim(
             params.update({f"queue_{n}": queue for n, queue in enumerate(chosen)})
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = _claimed(connection, cursor.fetchall())
-    return token, rows
+        found = cursor.fetchall()
+    position = None
+    if postgresql:
+        position = min(((row[-1], row[0]) for row in found), default=None)
+        found = [row[:-1] for row in found]
+    return token, _claimed(connection, found), position
 
 
 def take(
@@ -683,20 +800,39 @@ def _ids(connection: Any, ids: Sequence[int]) -> tuple[str, list[Any]]:
     return f"id IN ({', '.join(['%s'] * len(ids))})", list(ids)
 
 
+def _bookkeeping(connection: Any) -> str:
+    """ASYNC_COMMIT_POSTGRESQL for a worker's bookkeeping statement that is its own
+    transaction on PostgreSQL, when OUTBOX["WORKER_ASYNC_COMMIT"] is on; else ""."""
+    if connection.vendor != "postgresql" or not settings.WORKER_ASYNC_COMMIT:
+        return ""
+    if connection.in_atomic_block or not connection.get_autocommit():
+        return ""  # the caller's transaction: its commit is not ours to change
+    return ASYNC_COMMIT_POSTGRESQL
+
+
 def _fenced_update(
-    alias: str, token: str, ids: Sequence[int], assignments: str, values: list[Any], condition: str = ""
+    alias: str,
+    token: str,
+    ids: Sequence[int],
+    assignments: str,
+    values: list[Any],
+    condition: str = "",
+    bookkeeping: bool = False,
 ) -> int:
     """UPDATE the rows among ``ids`` that ``token`` still holds; return how many.
 
     The fence of every write a worker makes after its claim: a row whose lease was lost
     and reclaimed by another worker carries another token and is left to that worker.
-    Served by the primary key.
+    ``bookkeeping``: the worker's own record of a batch (completion, hand-back, lease),
+    committed asynchronously where :func:`_bookkeeping` says so. Served by the primary key.
     """
     if not ids:
         return 0
     connection = connections[alias]
     test, id_params = _ids(connection, ids)
     values = [_adapt(connection, v) if isinstance(v, datetime.datetime) else v for v in values]
+    if bookkeeping:
+        condition += _bookkeeping(connection)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {TABLE} SET {assignments} WHERE {test} AND lease_token = %s{condition}",
@@ -720,7 +856,9 @@ def complete(
     if connection.vendor == "postgresql":
         since_start, since_end = [t[0] for t in timings], [float(t[1]) for t in timings]
         with connection.cursor() as cursor:
-            cursor.execute(COMPLETE_POSTGRESQL, [list(ids), since_start, since_end, token])
+            cursor.execute(
+                COMPLETE_POSTGRESQL + _bookkeeping(connection), [list(ids), since_start, since_end, token]
+            )
             return cursor.rowcount
     # Elsewhere the process's clock, as every timestamp there: one CASE per column.
     now = timezone.now()
@@ -735,7 +873,7 @@ def complete(
         f"status = 'done', started_at = CASE id {' '.join(started)} END, "
         f"finished_at = CASE id {' '.join(finished)} END, lease_token = NULL"
     )
-    return _fenced_update(alias, token, ids, assignments, [*params_s, *params_f])
+    return _fenced_update(alias, token, ids, assignments, [*params_s, *params_f], bookkeeping=True)
 
 
 def record_failure(
@@ -838,7 +976,7 @@ def release(alias: str, token: str, ids: Sequence[int]) -> int:
         "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END, "
         f"status = 'pending', available_at = {now}, lease_token = NULL, batch_attempt = false"
     )
-    return _fenced_update(alias, token, ids, assignments, params)
+    return _fenced_update(alias, token, ids, assignments, params, bookkeeping=True)
 
 
 def put_back(alias: str, token: str, event_id: int, available_at: datetime.datetime) -> int:
@@ -883,7 +1021,9 @@ def run_alone(alias: str, token: str, event_id: int) -> int | None:
 def extend_lease(alias: str, token: str, ids: Sequence[int], lease_seconds: float) -> int:
     """Push the lease of events still in hand ``lease_seconds`` into the future."""
     until, params = _later(connections[alias], lease_seconds)
-    return _fenced_update(alias, token, ids, f"available_at = {until}", params, " AND status = 'running'")
+    return _fenced_update(
+        alias, token, ids, f"available_at = {until}", params, " AND status = 'running'", bookkeeping=True
+    )
 
 
 #: Statuses that pruning may delete: never pending or running, whose work is not done.

@@ -30,7 +30,16 @@ from . import queries
 from .models import Event
 from .readable import earliest
 
-__all__ = ["RATE_WINDOWS", "Report", "Thresholds", "collect"]
+__all__ = [
+    "DEAD_ROWS_WARNING",
+    "HORIZON_WARNING_SECONDS",
+    "RATE_WINDOWS",
+    "Report",
+    "Thresholds",
+    "attention",
+    "collect",
+    "table_attention",
+]
 
 S = Event.Status
 #: Minutes over which the rate of done events is reported.
@@ -87,6 +96,7 @@ class Report:
         """A dict of JSON types: times as ISO 8601 strings, window keys as strings."""
         data = asdict(self)
         data["healthy"] = not self.problems
+        data["attention"] = attention(self.table)
         data["done_in_last_minutes"] = {str(k): v for k, v in self.done_in_last_minutes.items()}
         data["rate_per_second"] = {str(k): round(v, 3) for k, v in self.rates.items()}
         data["lag_seconds"] = round(self.lag_seconds, 3)
@@ -115,6 +125,27 @@ def _counts(
             counts[status] = counts.get(status, 0) + n
 
 
+#: Dead row versions in the table beyond which (and beyond its live rows) the worker warns:
+#: every claim steps over their entries in the due index until VACUUM removes them.
+DEAD_ROWS_WARNING = 100_000
+#: Seconds a transaction may hold the xmin horizon back before the worker warns: while it
+#: does, VACUUM cannot remove the dead row versions of any event finished since it began.
+HORIZON_WARNING_SECONDS = 300.0
+
+# The session whose snapshot holds the xmin horizon of this table back furthest: what keeps
+# VACUUM from removing its dead rows. For a table, PostgreSQL (14+) counts the sessions of
+# its own database and the WAL senders (a replica's hot_standby_feedback), not the other
+# databases' sessions. Sessions of other roles show their query only to roles with
+# pg_read_all_stats. (Replication slots and prepared transactions hold it too: not shown.)
+_HORIZON = (
+    "SELECT pid, datname, state, age(backend_xmin), "
+    "EXTRACT(EPOCH FROM statement_timestamp() - xact_start)::float8, left(query, 200) "
+    "FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid() "
+    "AND (datname = current_database() OR backend_type = 'walsender') "
+    "ORDER BY age(backend_xmin) DESC LIMIT 1"
+)
+
+
 def _table_stats(database: str) -> dict[str, Any] | None:
     connection = connections[database]
     if connection.vendor != "postgresql":
@@ -127,6 +158,8 @@ def _table_stats(database: str) -> dict[str, Any] | None:
             [Event._meta.db_table],
         )
         row = cursor.fetchone()
+        cursor.execute(_HORIZON)
+        holder = cursor.fetchone()
     if row is None:
         return None
     keys = (
@@ -139,7 +172,38 @@ def _table_stats(database: str) -> dict[str, Any] | None:
         # The server-wide switch: when off, nothing vacuums the table but a manual VACUUM.
         "autovacuum_on",
     )
-    return dict(zip(keys, row, strict=True))
+    stats = dict(zip(keys, row, strict=True))
+    horizon_keys = ("pid", "database", "state", "xmin_age", "transaction_seconds", "query")
+    stats["horizon"] = None if holder is None else dict(zip(horizon_keys, holder, strict=True))
+    return stats
+
+
+def attention(table: dict[str, Any] | None) -> list[str]:
+    """What in the table's state (:func:`_table_stats`, PostgreSQL) slows every claim: many
+    dead row versions, and a transaction keeping VACUUM from removing them."""
+    if not table:
+        return []
+    notes = []
+    dead, live = table["dead_rows"] or 0, table["live_rows"] or 0
+    if dead > DEAD_ROWS_WARNING and dead > live:
+        notes.append(
+            f"outbox_event holds {dead:,} dead row versions ({live:,} live): every claim steps over "
+            f"their index entries until VACUUM removes them"
+            + ("" if table["autovacuum_on"] else " (autovacuum is OFF on this server)")
+        )
+    holder = table.get("horizon")
+    if holder and (holder["transaction_seconds"] or 0) > HORIZON_WARNING_SECONDS:
+        notes.append(
+            f"a transaction open for {holder['transaction_seconds']:,.0f}s (pid {holder['pid']}, database "
+            f"{holder['database']!r}, {holder['state']}) holds the xmin horizon back by "
+            f"{holder['xmin_age']:,} transactions: VACUUM cannot remove the rows finished since it began"
+        )
+    return notes
+
+
+def table_attention(database: str) -> list[str]:
+    """:func:`attention` for ``database`` now (one round trip on PostgreSQL; [] elsewhere)."""
+    return attention(_table_stats(database))
 
 
 def collect(database: str, *, thresholds: Thresholds | None = None, count_done: bool = False) -> Report:

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import claims, limits, pruning, routing
+from . import claims, limits, pruning, routing, status
 from .checks import unapplied_migrations
 from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
-from .dispatch import Dispatcher, get_dispatcher
+from .dispatch import Dispatcher, InProcessDispatcher, get_dispatcher
 from .heartbeat import Heartbeat
 from .listener import Listener, can_listen
 
@@ -42,6 +42,17 @@ _PRUNE_BUDGET_SECONDS = 1.0
 # Longest pause between looks at the table while a sender that did not notify is still in
 # its transaction (see Worker._idle).
 _SETTLE_MAX = 0.1
+
+# A busy PostgreSQL worker claims from where its previous batch stood in the due index
+# (queries.claim_after: it steps over the dead entries of finished events only once), and
+# from the index's start whenever such a claim comes back short, and at least this often,
+# or nine times as long as the last claim from the start took, if longer (so that those
+# take at most a tenth of a busy worker's time behind many dead entries).
+_FULL_CLAIM_EVERY = 1.0
+
+# Seconds between a PostgreSQL worker's looks at the table's dead rows and at the oldest
+# transaction holding the xmin horizon (outbox.status.attention), logged as warnings.
+_ATTENTION_INTERVAL = 60.0
 
 # Errors that mean "the database went away", after which the worker reconnects.
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
@@ -81,6 +92,14 @@ class Worker:
                 f"not {self.concurrency!r}"
             )
         self.dispatcher = dispatcher or get_dispatcher(concurrency=self.concurrency)
+        # One after another, a batch's successes are written done by the next claim's
+        # statement (one round trip per batch); self._owed is the claim that owes them.
+        self._carry_done = isinstance(self.dispatcher, InProcessDispatcher) and self.concurrency == 1
+        if self._carry_done:
+            self.dispatcher.defer_done = True
+        self._owed: claims.Claim | None = None
+        self._resume: Any = None  # the position the next claim may start from (claim_after)
+        self._next_full_claim = 0.0  # monotonic time after which a claim starts at the start
         # A relay hands rows to a queue and needs a lease that covers the wait there.
         self.lease_seconds = (
             lease_seconds or getattr(self.dispatcher, "lease_seconds", None) or settings.LEASE_SECONDS
@@ -100,6 +119,7 @@ class Worker:
         self._heartbeat = Heartbeat(self.database, self.lease_seconds)
         self._signal_count = 0
         self._next_prune = 0.0  # monotonic time of the next pruning visit; 0: at start
+        self._next_attention = 0.0  # monotonic time of the next look at the table's health
 
     def _refuse_bad_numbers(self) -> None:
         """Refuse to start on a setting or an argument out of its range, rather than die of
@@ -159,6 +179,7 @@ class Worker:
             close = getattr(self.dispatcher, "close", None)
             if close is not None:
                 close()  # the receivers in hand finish, under the heartbeat's leases
+            self._write_owed()
             self._heartbeat.stop()
             if self._listener:
                 self._listener.close()
@@ -190,9 +211,10 @@ class Worker:
                 if self.listen and self._listener is None:
                     self._listener = Listener(self.database, settings.NOTIFY_CHANNEL)
                     self._settled = False
-                handled = self.run_batch()
+                handled = self._run_batch()
                 failures = 0
                 self._maybe_prune()
+                self._maybe_warn()
                 if handled:
                     if self._listener is not None:
                         self._listener.disarm()  # busy: senders need not notify
@@ -200,6 +222,7 @@ class Worker:
                     continue
                 if self.once:
                     if not self._in_flight():
+                        self._write_owed()
                         return
                     time.sleep(0.01)  # rows in hand may fail and fall due again
                     continue
@@ -279,20 +302,85 @@ class Worker:
         if result.total:
             logger.info("pruned %d done events finished over %s ago", result.total, after)
 
+    def _maybe_warn(self) -> None:
+        """Every _ATTENTION_INTERVAL on PostgreSQL: warn of what slows every claim (dead
+        rows VACUUM has not removed, a transaction that keeps it from removing them)."""
+        if self.once or time.monotonic() < self._next_attention:
+            return
+        self._next_attention = time.monotonic() + _ATTENTION_INTERVAL
+        if connections[self.database].vendor != "postgresql":
+            return
+        try:
+            notes = status.table_attention(self.database)
+        except DatabaseError as exc:
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise
+            logger.debug("could not read the table's statistics: %s", exc)
+            return
+        for note in notes:
+            logger.warning("%s (manage.py outbox_status shows it)", note)
+
     # --- one batch -------------------------------------------------------------------
 
     def run_batch(self) -> int:
-        """Claim one batch and hand it to the dispatcher; return how many were claimed."""
-        claim = claims.claim(
-            self.database, self.batch_size, self.lease_seconds, self.name, queues=self.queues
-        )
+        """Claim one batch and hand it to the dispatcher, its outcome written before this
+        returns; return how many were claimed."""
+        try:
+            return self._run_batch()
+        finally:
+            self._write_owed()
+
+    def _run_batch(self) -> int:
+        """:meth:`run_batch` in the loop: the batch's successes may stay owed, written done
+        by the statement of the next claim (which the loop makes at once, batch or none)."""
+        owed, self._owed = self._owed, None
+        after = self._resume if time.monotonic() < self._next_full_claim else None
+        try:
+            claim = self._claim(settle=owed, after=after)
+        except BaseException:
+            self._owed = owed  # its successes are still owed
+            raise
+        if not claim.rows and (owed is not None or after is not None):
+            # The claim's snapshot saw the rows it wrote done still running, so the next
+            # event of their ordering keys was not yet claimable; or it started at a
+            # position, and due rows may lie before it: look once more, from the start,
+            # before idling (only at the end of a burst).
+            after = None
+            claim = self._claim()
+        self._resume = claim.position if len(claim) == self.batch_size else None
         if claim.rows:
             # The heartbeat keeps the rows still the claim's leased until it has settled (a
             # row already run but not yet written done must not be reclaimed either), and
             # may hand back the unstarted rest while a receiver runs long.
             self._heartbeat.hold(claim)
-            self.processed += self.dispatcher.dispatch(claim)
+            try:
+                self.processed += self.dispatcher.dispatch(claim)
+            finally:
+                if self._carry_done:
+                    self._owed = claim
         return len(claim)
+
+    def _claim(self, settle: claims.Claim | None = None, after: Any = None) -> claims.Claim:
+        began = time.monotonic()
+        claim = claims.claim(
+            self.database,
+            self.batch_size,
+            self.lease_seconds,
+            self.name,
+            queues=self.queues,
+            settle=settle,
+            after=after,
+        )
+        if after is None:
+            took = time.monotonic() - began
+            self._next_full_claim = time.monotonic() + max(_FULL_CLAIM_EVERY, 9 * took)
+        return claim
+
+    def _write_owed(self) -> None:
+        """Write done the successes the last claim still owes (retried through a restart)."""
+        owed, self._owed = self._owed, None
+        if owed is not None:
+            owed.finish()
 
     def _in_flight(self) -> bool:
         busy = getattr(self.dispatcher, "busy", None)

@@ -148,11 +148,76 @@ def test_reports_table_size_and_vacuum_state_on_postgresql():
         "last_autoanalyze",
         "size_bytes",
         "autovacuum_on",
+        "horizon",
     }
     assert table["size_bytes"] > 0
     with connection.cursor() as cursor:
         cursor.execute("SHOW autovacuum")
         assert table["autovacuum_on"] is (cursor.fetchone()[0] == "on")
+
+
+@pytest.fixture
+def held_snapshot():
+    """Another session in a REPEATABLE READ transaction with its snapshot taken: it holds
+    the xmin horizon back (VACUUM keeps every row version it might still read)."""
+    import psycopg
+
+    params = dict(connection.get_connection_params())
+    params.pop("cursor_factory", None)
+    with psycopg.connect(**params) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM outbox_event").fetchone()
+        yield holder.info.backend_pid
+        holder.rollback()
+
+
+def _finish_unvacuumably(count: int) -> None:
+    """Insert ``count`` events and finish them in later transactions: dead row versions."""
+    ping(count)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE outbox_event SET status = 'running'")
+        cursor.execute("UPDATE outbox_event SET status = 'done', finished_at = now()")
+
+
+@postgres_only
+def test_names_the_transaction_that_holds_back_vacuum_and_the_dead_rows_it_keeps(held_snapshot, monkeypatch):
+    from outbox import status as status_module
+    from tests.conftest import wait_for
+
+    _finish_unvacuumably(30)
+    # The statistics views learn of the dead rows when the sessions flush their counts.
+    wait_for(lambda: status()["table"]["dead_rows"] >= 30, 30)
+    report = status()
+    assert report["table"]["horizon"]["pid"] == held_snapshot
+    assert report["table"]["horizon"]["xmin_age"] >= 2  # the two transactions since it began
+    assert report["attention"] == []  # under the thresholds
+    monkeypatch.setattr(status_module, "DEAD_ROWS_WARNING", 10)
+    monkeypatch.setattr(status_module, "HORIZON_WARNING_SECONDS", -1.0)
+    notes = status()["attention"]
+    assert [note.split(" ")[:2] for note in notes] == [["outbox_event", "holds"], ["a", "transaction"]]
+    assert f"pid {held_snapshot}" in notes[1]
+    assert f"pid {held_snapshot}" in run("outbox_status").out
+
+
+@postgres_only
+def test_a_worker_warns_while_a_transaction_keeps_vacuum_from_cleaning(held_snapshot, monkeypatch, caplog):
+    import threading
+
+    from outbox import status as status_module
+    from outbox.worker import Worker
+    from tests.conftest import wait_for
+
+    monkeypatch.setattr(status_module, "HORIZON_WARNING_SECONDS", -1.0)
+    worker = Worker(listen=False, poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    with caplog.at_level("WARNING", logger="outbox"):
+        thread.start()
+        try:
+            wait_for(lambda: f"pid {held_snapshot}" in caplog.text, 10)
+        finally:
+            worker.stop()
+            thread.join(10)
+    assert "holds the xmin horizon back" in caplog.text
 
 
 def _status_process(*args: str) -> subprocess.CompletedProcess:

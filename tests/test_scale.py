@@ -19,14 +19,16 @@ class _Captured(Exception):
     pass
 
 
-def _claim_plan(batch_size: int) -> dict:
-    """EXPLAIN (ANALYZE, BUFFERS) of the claim statement exactly as queries.claim() sends it."""
+def _claim_plan(batch_size: int, analyze: bool = True) -> dict:
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim statement exactly as queries.claim() sends it
+    (``analyze=False``: the plan alone, nothing run)."""
     plans = []
+    options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
 
     def explain(execute, sql, params, many, context):
         if "SKIP LOCKED" not in sql:
             return execute(sql, params, many, context)
-        execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params, many, context)
+        execute(f"EXPLAIN ({options}) " + sql, params, many, context)
         plan = context["cursor"].fetchone()[0]
         plans.append(json.loads(plan) if isinstance(plan, str) else plan)
         raise _Captured
@@ -86,3 +88,50 @@ def test_worker_memory_stays_flat():
     print(f"\n{memory}")
     # Python's allocator keeps some arenas; a leak per event would show as megabytes here.
     assert memory.growth < 8 * MiB, memory
+
+
+_LIFE = (
+    "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, "
+    "available_at, worker, created_at, last_error, last_traceback) "
+    "SELECT 'tests.testapp.faults.nothing', 'tests.testapp.faults.does_nothing', "
+    "'{\"sender\": null, \"kwargs\": {}}'::jsonb, 'pending', 0, 8, now(), '', now(), '', '' "
+    "FROM generate_series(1, %s)"
+)
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_walks_the_due_index_in_order_over_dead_rows_vacuum_cannot_remove():
+    # With fresh statistics. With statistics taken while the table was empty the planner
+    # may still choose a bitmap scan and a sort of every entry (seen once in the full suite's
+    # order, not alone): not yet robust, see BENCHMARKS.md.
+    import psycopg
+
+    params = dict(connection.get_connection_params())
+    params.pop("cursor_factory", None)
+    # A snapshot held open in another session: the dead row versions of finished events
+    # stay, and so do their entries in the due index (two per event: pending, running).
+    with psycopg.connect(**params) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM outbox_event").fetchone()
+        with connection.cursor() as cursor:
+            cursor.execute(_LIFE, [20000])
+            cursor.execute(
+                "UPDATE outbox_event SET status = 'running', lease_token = 't', "
+                "available_at = now() - interval '1 second'"
+            )
+            cursor.execute("UPDATE outbox_event SET status = 'done', finished_at = now(), lease_token = NULL")
+            cursor.execute(_LIFE, [300])  # due now
+            cursor.execute("ANALYZE outbox_event")
+        plan = _claim_plan(batch_size=100, analyze=False)
+        holder.rollback()
+    nodes = list(_nodes(plan))
+    kinds = {node["Node Type"] for node in nodes}
+    assert not kinds & {"Sort", "Incremental Sort", "Bitmap Heap Scan", "Bitmap Index Scan", "Seq Scan"}, (
+        kinds
+    )
+    # The batch's rows come from an ordered walk of the due index, stopped by the LIMIT.
+    [select] = [n for n in nodes if n["Node Type"] == "Limit" and n.get("Subplan Name") == "CTE due"]
+    walk = [n for n in _nodes(select) if n.get("Index Name") == "outbox_event_due"]
+    assert [n["Node Type"] for n in walk] == ["Index Scan"]
+    assert walk[0]["Scan Direction"] == "Forward"

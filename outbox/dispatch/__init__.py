@@ -41,6 +41,9 @@ class InProcessDispatcher:
     def __init__(self, concurrency: int = 1) -> None:
         self.concurrency = concurrency
         self.stopping = False
+        #: One after another, leave a batch's successes owed by its claim, for the worker's
+        #: next claim to write done in its own statement (set by :class:`~outbox.Worker`).
+        self.defer_done = False
         self._runner = None
         if concurrency > 1:
             from ..concurrent import Runner
@@ -54,7 +57,7 @@ class InProcessDispatcher:
         try:
             run_claimed(claim, lambda: self.stopping)
         finally:
-            claim.finish()
+            claim.finish(defer_done=self.defer_done)
         return claim.started
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from outbox.management import arguments
-from outbox.status import Report, Thresholds, collect
+from outbox.status import Report, Thresholds, attention, collect
 
 #: Exit status when a threshold was passed (1 and 2 are taken by errors and usage).
 UNHEALTHY = 3
@@ -111,5 +111,13 @@ def _text(report: Report) -> str:
             f"{t['size_bytes'] / 2**20:.1f} MiB; last autovacuum {t['last_autovacuum'] or 'never'}"
             + ("" if t["autovacuum_on"] else " (autovacuum is OFF on this server)")
         )
+        holder = t.get("horizon")
+        if holder:
+            lines.append(
+                f"xmin horizon: held furthest back by pid {holder['pid']} (database {holder['database']!r}, "
+                f"{holder['state']}), a transaction open {holder['transaction_seconds'] or 0:,.0f}s, "
+                f"{holder['xmin_age']:,} transactions behind"
+            )
+        lines.extend(f"ATTENTION: {note}" for note in attention(t))
     lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
     return "\n".join(lines)
