@@ -210,3 +210,13 @@ BENCH_REDIS ?= redis://127.0.0.1:6379/13
 .PHONY: bench-io
 bench-io: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.iobound --pg $(BENCH_PG) --redis $(BENCH_REDIS) $(BENCH_IO_ARGS)
+
+# The documentation site (mkdocs.yml, docs/) in strict mode: any warning fails the build.
+# The `docs` extra (mkdocs, mkdocs-material, mkdocstrings) goes into .venv once; the site into site/.
+.PHONY: docs
+$(VENV)/.docs-installed: $(VENV)/.installed setup.cfg pyproject.toml
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
