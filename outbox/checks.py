@@ -97,7 +97,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """
     user = getattr(django_settings, "OUTBOX", None) or {}
     if not isinstance(user, dict):
-        return [Error("The OUTBOX setting must be a dict.", hint="See the README.", id="outbox.E004")]
+        return [Error("The OUTBOX setting must be a dict.", hint="See docs/settings.md.", id="outbox.E004")]
     errors = []
     for key, value in user.items():
         if key not in DEFAULTS:

@@ -19,7 +19,7 @@ from .limits import setting_problem
 
 __all__ = ["DEFAULTS", "settings"]
 
-#: Every setting and its default. The README documents each one.
+#: Every setting and its default. docs/settings.md documents each one (tests/test_docs.py checks).
 DEFAULTS: dict[str, Any] = {
     # How many times a deferred receiver is tried before its event is marked failed.
     "MAX_ATTEMPTS": 8,

@@ -138,7 +138,7 @@ def setting_problem(key: str, value: Any) -> Problem | None:
             return Problem("outbox.E007", f"{shown} is out of range.", hint)
         return None
     if key == "METRICS_TOKEN" and value is not None and not (isinstance(value, str) and value):
-        return Problem("outbox.E004", f"{shown} must be None or a non-empty string.", "See the README.")
+        return Problem("outbox.E004", f"{shown} must be None or a non-empty string.", "See docs/settings.md.")
     if key == "METRICS_ALLOWED_IPS":
         return _networks_problem(shown, value)
     if key == "WORKER_ASYNC_COMMIT" and not isinstance(value, bool):

@@ -20,7 +20,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"] = {"timeout": 30}
 
 if DATABASES["default"]["ENGINE"].endswith("mysql"):
-    # utf8mb4, as the README asks of MySQL and MariaDB (Django's default is utf8, 3 bytes).
+    # utf8mb4, as docs/databases.md asks of MySQL and MariaDB (Django's default is utf8, 3 bytes).
     DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 

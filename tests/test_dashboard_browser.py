@@ -1,5 +1,5 @@
 """The dashboard as an operator sees it: Debian's Chromium, driven by Playwright, against the
-live test server, from the changelist's link. ``artifacts/dashboard.png`` is the README's
+live test server, from the changelist's link. ``artifacts/dashboard.png`` is the docs'
 screenshot (``docs/dashboard.png``) when taken with the hour of traffic below."""
 
 from __future__ import annotations
