@@ -152,6 +152,7 @@ def markdown(r: dict[str, Any]) -> str:
     cs = sorted({int(k.rsplit(".", 1)[1]) for k in r if k.count(".") == 2} | set(sizes["concurrency"]))
     lines = [
         "### I/O-bound receivers: each waits 50 ms, one worker process\n",
+        "Produced by `make bench-io` (`bench/iobound/`; `make bench` runs it too): "
         f"{sizes['events']:,} jobs committed in one transaction, drained by one worker at concurrency N; "
         f"events per second (share of the ideal N / {WAIT} s), the median of {_runs(r)}. "
         f"A rate counts bodies that ran to their end (each reports over UDP), over at most "
