@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: chaos
 .PHONY: bench bench-smoke
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,postgres,q2]'
@@ -157,7 +157,7 @@ BENCH_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3
 	$(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3) \
 	$(shell command -v python3.12 python3.13 2>/dev/null))
 
-$(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
+$(BENCH_VENV)/.installed: bench/requirements.txt pyproject.toml
 	@test -n "$(BENCH_PYTHON)" || { echo "make bench needs Python >= 3.12 (django-tasks-db runs on Django 6); set BENCH_PYTHON"; exit 1; }
 	$(MAKE) mysql-client-dev
 	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
