@@ -10,7 +10,7 @@ MYSQL_URL ?= $(or $(filter mysql%,$(DATABASE_URL)),mysql://root@127.0.0.1:3306/t
 PYTEST_ARGS ?=
 
 .PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint checks postgres-up clean test-matrix matrix-one
-.PHONY: chaos
+.PHONY: chaos dist typecheck
 .PHONY: bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
@@ -86,7 +86,16 @@ postgres-up:
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start && sleep 2; } || true
 
 clean:
-	rm -rf $(VENV) *.egg-info tests/.sqlite*.db example/db.sqlite3 artifacts
+	rm -rf $(VENV) *.egg-info build dist tests/.sqlite*.db example/db.sqlite3 artifacts
+
+# The sdist and wheel into dist/ (build and twine come with the dev extra), checked as PyPI would.
+# Any warning from the build (setuptools' BuildBackendWarning, deprecations) fails it; only the
+# note that byte-compiling is off (PYTHONDONTWRITEBYTECODE) is let through.
+dist: venv
+	rm -rf dist build
+	$(PY) -m build --outdir dist . > $(VENV)/build.log 2>&1 || { cat $(VENV)/build.log; exit 1; }
+	! grep -i 'warning' $(VENV)/build.log | grep -v 'byte-compiling is disabled'
+	$(VENV)/bin/twine check --strict dist/*
 
 # Django 4.2 LTS on the default Python, and Django 6 on Python 3.12 where pyenv has it
 # (Django 6 needs 3.12+). Each in its own virtualenv; both database halves.
