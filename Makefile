@@ -9,7 +9,7 @@ SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
 MYSQL_URL ?= $(or $(filter mysql%,$(DATABASE_URL)),mysql://root@127.0.0.1:3306/test)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint checks postgres-up clean test-matrix matrix-one
+.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint typecheck checks postgres-up clean test-matrix matrix-one
 .PHONY: chaos dist typecheck
 .PHONY: bench bench-smoke
 
@@ -42,9 +42,13 @@ demo-server: demo
 
 test: lint checks test-sqlite test-postgres test-mysql
 
-lint: venv
+lint: venv typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy with django-stubs over outbox/ (configuration: [tool.mypy] in pyproject.toml).
+typecheck: venv
+	DATABASE_URL=$(SQLITE_URL) $(VENV)/bin/mypy
 
 checks: venv
 	DATABASE_URL=$(SQLITE_URL) $(PY) -m django check --settings=tests.settings --fail-level WARNING

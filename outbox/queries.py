@@ -331,7 +331,7 @@ class Claimed:
 
 def _claimed(connection: Any, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """The rows of a claim's ``RETURNING`` (see _RETURNING), sorted by id."""
-    found = [Claimed(*row[:6], bool(row[6]), *row[7:]) for row in rows]
+    found = [Claimed(*[*row[:6], bool(row[6]), *row[7:]]) for row in rows]
     if connection.vendor != "postgresql":
         # Raw SQL skips the ORM's converters: SQLite gives the stored text (UTC), or a
         # naive datetime where its own converter applies.
@@ -446,8 +446,7 @@ def insert_events(
             cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{conflict}", params)
         return
     notify = not (
-        connection.in_atomic_block
-        and any(func is _notified_marker for _, func, _ in connection.run_on_commit)
+        connection.in_atomic_block and any(entry[1] is _notified_marker for entry in connection.run_on_commit)
     )
     with connection.cursor() as cursor:
         statement = _postgresql_insert(
@@ -719,11 +718,11 @@ def claim_after(
     if done is not None and len(done) == 2:  # no timings: started unknown, returned now
         done = (done[0], done[1], [(None, 0.0)] * len(done[1]))
     finish = done is not None and bool(done[1])
-    if finish and connection.vendor != "postgresql":
+    if done is not None and finish and connection.vendor != "postgresql":
         complete(alias, *done)
         finish = False
     if chosen == []:
-        if finish:
+        if done is not None and finish:
             complete(alias, *done)
         return token, [], None
     if connection.vendor == "mysql":
@@ -734,7 +733,7 @@ def claim_after(
         if chosen is not None:
             params["queues"] = chosen
             after = None
-        if finish:
+        if done is not None and finish:
             done_token, done_ids, timings = done
             params["done_token"], params["done"] = done_token, list(done_ids)
             params["done_since_start"] = [since_start for since_start, _ in timings]
@@ -863,12 +862,12 @@ def complete(
     # Elsewhere the process's clock, as every timestamp there: one CASE per column.
     now = timezone.now()
     started, finished, params_s, params_f = [], [], [], []
-    for event_id, (since_start, since_end) in zip(ids, timings, strict=True):
+    for event_id, (began, ended) in zip(ids, timings, strict=True):
         started.append("WHEN %s THEN %s")
-        at = None if since_start is None else now - datetime.timedelta(seconds=since_start)
+        at = None if began is None else now - datetime.timedelta(seconds=began)
         params_s += [event_id, at if at is None else _adapt(connection, at)]
         finished.append("WHEN %s THEN %s")
-        params_f += [event_id, _adapt(connection, now - datetime.timedelta(seconds=since_end))]
+        params_f += [event_id, _adapt(connection, now - datetime.timedelta(seconds=ended))]
     assignments = (
         f"status = 'done', started_at = CASE id {' '.join(started)} END, "
         f"finished_at = CASE id {' '.join(finished)} END, lease_token = NULL"

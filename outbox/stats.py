@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django.core.paginator import Paginator
 from django.db import connections
@@ -50,7 +50,7 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        n, self.estimated = count(self.object_list)
+        n, self.estimated = count(cast("QuerySet[Any]", self.object_list))  # the admin's querysets
         return n
 
 
