@@ -11,7 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
+import zipfile
 from pathlib import Path
 
 import django
@@ -63,6 +65,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert not warnings, "the build warned:\n" + "\n".join(warnings)
     (built,) = out.glob("*.whl")
     assert built.name == f"django_signal_outbox-{outbox.__version__}-py3-none-any.whl"
+    (sdist,) = out.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[-1] for name in tar.getnames()}
+    assert {"LICENSE", "CHANGELOG.md", "README.md", "outbox/py.typed"} <= names
+    with zipfile.ZipFile(built) as wheel_file:
+        metadata = wheel_file.read(f"django_signal_outbox-{outbox.__version__}.dist-info/METADATA").decode()
+    assert "License-Expression: BSD-3-Clause" in metadata
+    assert "Requires-Dist: Django<7,>=4.2" in metadata
     return built
 
 
