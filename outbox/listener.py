@@ -8,11 +8,14 @@ only while a worker is armed (see "waking workers" in :mod:`outbox.queries`).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
 from . import queries
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["Listener", "can_listen"]
 
@@ -90,7 +93,7 @@ class Listener:
             logger.debug("closing the listener failed", exc_info=True)
 
 
-def _value(cursor: Any) -> Any:
+def _value(cursor: psycopg.Cursor[Any]) -> Any:
     """The value of a one-column SELECT without FROM (it always returns one row)."""
     row = cursor.fetchone()
     assert row is not None

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 from django.conf import settings as django_settings
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -329,7 +331,7 @@ class Claimed:
     trace_context: Any = None
 
 
-def _claimed(connection: Any, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
+def _claimed(connection: BaseDatabaseWrapper, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """The rows of a claim's ``RETURNING`` (see _RETURNING), sorted by id."""
     found = [Claimed(*[*row[:6], bool(row[6]), *row[7:]]) for row in rows]
     if connection.vendor != "postgresql":
@@ -359,11 +361,11 @@ def _notified_marker() -> None:
     """
 
 
-def _adapt(connection: Any, value: datetime.datetime) -> Any:
+def _adapt(connection: BaseDatabaseWrapper, value: datetime.datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def _now(connection: Any) -> tuple[str, list[Any]]:
+def _now(connection: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
     """The current time as SQL and its parameters (the module docstring says whose clock)."""
     if connection.vendor == "postgresql":
         return _PG_NOW, []
@@ -372,7 +374,7 @@ def _now(connection: Any) -> tuple[str, list[Any]]:
     return "%s", [_adapt(connection, timezone.now())]
 
 
-def _later(connection: Any, seconds: float) -> tuple[str, list[Any]]:
+def _later(connection: BaseDatabaseWrapper, seconds: float) -> tuple[str, list[Any]]:
     """``seconds`` from now, as SQL and its parameters."""
     if connection.vendor == "postgresql":
         return f"{_PG_NOW} + %s * interval '1 second'", [float(seconds)]
@@ -792,14 +794,14 @@ def take(
     return token, rows
 
 
-def _ids(connection: Any, ids: Sequence[int]) -> tuple[str, list[Any]]:
+def _ids(connection: BaseDatabaseWrapper, ids: Sequence[int]) -> tuple[str, list[Any]]:
     """An ``id`` membership test served by the primary key."""
     if connection.vendor == "postgresql":
         return "id = ANY(%s)", [list(ids)]
     return f"id IN ({', '.join(['%s'] * len(ids))})", list(ids)
 
 
-def _bookkeeping(connection: Any) -> str:
+def _bookkeeping(connection: BaseDatabaseWrapper) -> str:
     """ASYNC_COMMIT_POSTGRESQL for a worker's bookkeeping statement that is its own
     transaction on PostgreSQL, when OUTBOX["WORKER_ASYNC_COMMIT"] is on; else ""."""
     if connection.vendor != "postgresql" or not settings.WORKER_ASYNC_COMMIT:
@@ -1076,7 +1078,7 @@ _SELECT_CLAIMED_MYSQL = (
 )
 
 
-def _mysql_clock(connection: Any) -> bool:
+def _mysql_clock(connection: BaseDatabaseWrapper) -> bool:
     """True if times come from the MySQL/MariaDB server's clock (see above)."""
     return connection.vendor == "mysql" and django_settings.USE_TZ
 
@@ -1184,7 +1186,7 @@ _BLOCKED_MYSQL = (
 
 
 def _insert_mysql(
-    connection: Any,
+    connection: BaseDatabaseWrapper,
     alias: str,
     signal: str,
     receivers: Sequence[NewEvent],
@@ -1232,7 +1234,7 @@ def _insert_mysql(
         cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{dedupe}", params)
 
 
-def _park_behind_mysql(cursor: Any, connection: Any, event_id: int) -> None:
+def _park_behind_mysql(cursor: CursorWrapper, connection: BaseDatabaseWrapper, event_id: int) -> None:
     """_PARK_BEHIND on MySQL, which refuses a subquery on the table an UPDATE writes: the
     failed row's receiver and key first (primary key), then its pending followers
     (outbox_event_key_my)."""

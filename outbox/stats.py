@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -54,7 +55,7 @@ class EstimatedCountPaginator(Paginator):
         return n
 
 
-def _planner_rows(connection: Any, queryset: QuerySet[Any]) -> int:
+def _planner_rows(connection: BaseDatabaseWrapper, queryset: QuerySet[Any]) -> int:
     # With no filter the planner scales pg_class.reltuples to the table's current size;
     # with filters it applies the columns' statistics. Planning reads no rows.
     sql, params = queryset.values("pk").query.sql_with_params()
