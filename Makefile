@@ -9,11 +9,11 @@ SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
 MYSQL_URL ?= $(or $(filter mysql%,$(DATABASE_URL)),mysql://root@127.0.0.1:3306/test)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint checks postgres-up clean test-matrix matrix-one
-.PHONY: chaos
+.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint typecheck checks postgres-up clean test-matrix matrix-one
+.PHONY: chaos dist typecheck
 .PHONY: bench bench-smoke
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,postgres,q2]'
@@ -42,9 +42,13 @@ demo-server: demo
 
 test: lint checks test-sqlite test-postgres test-mysql
 
-lint: venv
+lint: venv typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy with django-stubs over outbox/ (configuration: [tool.mypy] in pyproject.toml).
+typecheck: venv
+	DATABASE_URL=$(SQLITE_URL) $(VENV)/bin/mypy
 
 checks: venv
 	DATABASE_URL=$(SQLITE_URL) $(PY) -m django check --settings=tests.settings --fail-level WARNING
@@ -86,7 +90,16 @@ postgres-up:
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start && sleep 2; } || true
 
 clean:
-	rm -rf $(VENV) *.egg-info tests/.sqlite*.db example/db.sqlite3 artifacts
+	rm -rf $(VENV) *.egg-info build dist tests/.sqlite*.db example/db.sqlite3 artifacts
+
+# The sdist and wheel into dist/ (build and twine come with the dev extra), checked as PyPI would.
+# Any warning from the build (setuptools' BuildBackendWarning, deprecations) fails it; only the
+# note that byte-compiling is off (PYTHONDONTWRITEBYTECODE) is let through.
+dist: venv
+	rm -rf dist build
+	$(PY) -m build --outdir dist . > $(VENV)/build.log 2>&1 || { cat $(VENV)/build.log; exit 1; }
+	! grep -i 'warning' $(VENV)/build.log | grep -v 'byte-compiling is disabled'
+	$(VENV)/bin/twine check --strict dist/*
 
 # Django 4.2 LTS on the default Python, and Django 6 on Python 3.12 where pyenv has it
 # (Django 6 needs 3.12+). Each in its own virtualenv; both database halves.
@@ -157,7 +170,7 @@ BENCH_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3
 	$(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3) \
 	$(shell command -v python3.12 python3.13 2>/dev/null))
 
-$(BENCH_VENV)/.installed: bench/requirements.txt setup.cfg
+$(BENCH_VENV)/.installed: bench/requirements.txt pyproject.toml
 	@test -n "$(BENCH_PYTHON)" || { echo "make bench needs Python >= 3.12 (django-tasks-db runs on Django 6); set BENCH_PYTHON"; exit 1; }
 	$(MAKE) mysql-client-dev
 	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
@@ -214,7 +227,7 @@ bench-io: $(BENCH_VENV)/.installed postgres-up
 # The documentation site (mkdocs.yml, docs/) in strict mode: any warning fails the build.
 # The `docs` extra (mkdocs, mkdocs-material, mkdocstrings) goes into .venv once; the site into site/.
 .PHONY: docs
-$(VENV)/.docs-installed: $(VENV)/.installed setup.cfg pyproject.toml
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e '.[docs]'
 	touch $@
 

@@ -38,6 +38,6 @@ __all__ = [
     "receiver",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import checks as _checks  # noqa: E402, F401 - outbox.E001 must run even when not installed

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -40,10 +40,13 @@ from .models import Event
 from .readable import payload_of, readable, time_of
 from .serialization import TAG
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 __all__ = ["EventAdmin"]
 
 S = Event.Status
-_REFUSALS = {
+_REFUSALS: dict[str, StrOrPromise] = {
     S.RUNNING: _("a worker holds it; try again once it finishes or its lease expires"),
     S.DONE: _("already run"),
     S.DISCARDED: _("already discarded"),
@@ -159,7 +162,7 @@ class EventAdmin(admin.ModelAdmin):
         (_("Payload"), {"fields": ("payload_json",)}),
         (_("Trace"), {"fields": ("trace_context",)}),  # the sender's span (outbox.tracing)
     )
-    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
+    readonly_fields = tuple(cast(str, name) for _, options in fieldsets for name in options["fields"])
 
     class Media:
         css = {"all": ("outbox/admin.css",)}
@@ -213,7 +216,7 @@ class EventAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description=_("ordering"))
-    def key_detail(self, obj: Event) -> str:
+    def key_detail(self, obj: Event) -> StrOrPromise:
         """What the key does to this event and the ones after it: one query through
         outbox_event_key."""
         if obj.ordering_key is None:
@@ -397,8 +400,8 @@ class EventAdmin(admin.ModelAdmin):
         request: HttpRequest,
         logged: admin_log.Selection,
         result: operations.ActionResult,
-        verb: str,
-        outcome: str = "",
+        verb: StrOrPromise,
+        outcome: StrOrPromise = "",
     ) -> None:
         admin_log.write(
             request.user.pk,
@@ -433,7 +436,7 @@ class EventAdmin(admin.ModelAdmin):
         self._report(request, result, _("replayed: due now"))
         return None
 
-    def _report(self, request: HttpRequest, result: operations.ActionResult, done: str) -> None:
+    def _report(self, request: HttpRequest, result: operations.ActionResult, done: StrOrPromise) -> None:
         self.message_user(
             request,
             ngettext("%(n)d event %(done)s.", "%(n)d events %(done)s.", result.changed)
@@ -473,16 +476,17 @@ class EventAdmin(admin.ModelAdmin):
         self,
         request: HttpRequest,
         context: dict[str, Any],
-        *args: Any,
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
         obj: Event | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    ) -> HttpResponse:
         if obj is not None:
             context["can_replay"] = self.has_replay_permission(request) and obj.status != S.RUNNING
             context["can_discard"] = (
                 self.has_discard_permission(request) and obj.status in operations.DISCARDABLE
             )
-        return super().render_change_form(request, context, *args, obj=obj, **kwargs)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _one(self, request: HttpRequest, object_id: str) -> QuerySet[Event]:
         event = self.get_object(request, object_id)  # None for a malformed or unknown id

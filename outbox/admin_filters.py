@@ -24,17 +24,21 @@ __all__ = ["QueueFilter", "ReceiverFilter", "SignalFilter"]
 class _RegistryFilter(admin.SimpleListFilter):
     """Choices from the names registered in this process, plus the one selected, if any."""
 
+    parameter_name: str  # the Event field filtered on, set by each subclass
+
     def names(self) -> list[str]:
         raise NotImplementedError
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         names = set(self.names())
-        if self.value():
-            names.add(self.value())
+        selected = self.value()
+        if selected:
+            names.add(selected)
         return [(name, name) for name in sorted(names)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
-        return queryset.filter(**{self.parameter_name: self.value()}) if self.value() else queryset
+        selected = self.value()
+        return queryset.filter(**{self.parameter_name: selected}) if selected else queryset
 
 
 class SignalFilter(_RegistryFilter):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
@@ -18,6 +19,9 @@ from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
 from .models import Event
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 __all__ = ["LOG_EACH_UP_TO", "Selection", "select", "write"]
 
@@ -49,13 +53,13 @@ def _was(statuses: Counter[str]) -> str:
 
 
 def write(
-    user_id: int,
+    user_id: Any,
     selection: Selection,
     *,
     changed: int,
     selected: dict[str, int],
-    verb: str,
-    outcome: str = "",
+    verb: StrOrPromise,
+    outcome: StrOrPromise = "",
 ) -> None:
     """Log ``verb`` for the selected events, and one summary for ``changed`` beyond them.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
 from django.conf import settings as django_settings
@@ -16,6 +16,9 @@ from django.db import DatabaseError, connections
 from .conf import DEFAULTS
 from .limits import setting_problem
 from .registry import registry
+
+if TYPE_CHECKING:
+    from django.db.backends.mysql.base import DatabaseWrapper as MySQLDatabaseWrapper
 
 __all__ = [
     "check_database",
@@ -173,7 +176,8 @@ def database_problem(alias: str) -> Error | None:
         return None
     if vendor == "mysql":
         try:
-            mariadb, version = connection.mysql_is_mariadb, connection.mysql_version
+            mysql = cast("MySQLDatabaseWrapper", connection)
+            mariadb, version = mysql.mysql_is_mariadb, mysql.mysql_version
         except DatabaseError:
             return None
         name, minimum = ("MariaDB", MARIADB_MINIMUM) if mariadb else ("MySQL", MYSQL_MINIMUM)

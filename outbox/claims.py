@@ -263,15 +263,15 @@ def claim(
             lease_seconds,
             worker,
             queues=queues,
-            done=(settle.token, done, settle._timings(done)) if done else None,
+            done=(settle.token, done, settle._timings(done)) if settle is not None and done else None,
             after=after,
         )
     except BaseException:
-        if done:
+        if settle is not None and done:
             with settle._lock:  # still owed: written by the next claim
                 settle._done[:0] = done
         raise
-    if done:
+    if settle is not None and done:
         with settle._lock:
             for event_id in done:
                 settle._ran.pop(event_id, None)

@@ -21,6 +21,7 @@ taken, until its thread returns (:mod:`outbox.overdue` says why and how).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -125,8 +126,8 @@ class Runner:
             return
         for claim in list(self._claims):
             done, rest = claim.hand_back()
-            _retrying(lambda c=claim, d=done: c.write_done(d), "record done events")
-            _retrying(lambda c=claim, r=rest: c.release(r), "hand back unstarted events")
+            _retrying(functools.partial(claim.write_done, done), "record done events")
+            _retrying(functools.partial(claim.release, rest), "hand back unstarted events")
         # Overdue sync receivers hold their slots until they return, which may be never.
         with self._cond:
             while self._busy > sum(job.state == "overdue" for job in self._running):

@@ -84,8 +84,8 @@ class RetryAfter(OutboxError):
             raise TypeError(f"RetryAfter takes a finite number of seconds or a timedelta, not {seconds!r}")
         if seconds < 0:
             raise ValueError(f"RetryAfter takes a wait of 0 seconds or more, not {seconds!r}")
-        self.seconds = float(seconds)
-        self.message = message
+        self.seconds: float = float(seconds)
+        self.message: str = message
         super().__init__(seconds, message)
 
     def __str__(self) -> str:

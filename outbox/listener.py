@@ -8,11 +8,14 @@ only while a worker is armed (see "waking workers" in :mod:`outbox.queries`).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
 from . import queries
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["Listener", "can_listen"]
 
@@ -58,11 +61,10 @@ class Listener:
         claim sees its events, and any later sender notifies.
         """
         if not self.armed:
-            (self.armed,) = self.connection.execute(queries.ARM, self._waiting).fetchone()
+            self.armed = bool(_value(self.connection.execute(queries.ARM, self._waiting)))
             if not self.armed:
                 return False
-        (clear,) = self.connection.execute(queries.NO_SENDER_IN_FLIGHT, self._sending).fetchone()
-        return bool(clear)
+        return bool(_value(self.connection.execute(queries.NO_SENDER_IN_FLIGHT, self._sending)))
 
     def disarm(self) -> None:
         """Busy again: senders may stop notifying. Does nothing unless armed."""
@@ -89,3 +91,10 @@ class Listener:
             self.connection.close()
         except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do
             logger.debug("closing the listener failed", exc_info=True)
+
+
+def _value(cursor: psycopg.Cursor[Any]) -> Any:
+    """The value of a one-column SELECT without FROM (it always returns one row)."""
+    row = cursor.fetchone()
+    assert row is not None
+    return row[0]

@@ -37,7 +37,9 @@ class Watch:
     __slots__ = ("ready", "span", "started")
 
     def __init__(self, ready: Any) -> None:
-        self.ready, self.span, self.started = ready, None, 0.0
+        self.ready = ready
+        self.span: Any = None
+        self.started = 0.0
 
     def __enter__(self) -> Watch:
         self.begin()

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 from django.conf import settings as django_settings
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -329,9 +331,9 @@ class Claimed:
     trace_context: Any = None
 
 
-def _claimed(connection: Any, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
+def _claimed(connection: BaseDatabaseWrapper, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """The rows of a claim's ``RETURNING`` (see _RETURNING), sorted by id."""
-    found = [Claimed(*row[:6], bool(row[6]), *row[7:]) for row in rows]
+    found = [Claimed(*[*row[:6], bool(row[6]), *row[7:]]) for row in rows]
     if connection.vendor != "postgresql":
         # Raw SQL skips the ORM's converters: SQLite gives the stored text (UTC), or a
         # naive datetime where its own converter applies.
@@ -359,11 +361,11 @@ def _notified_marker() -> None:
     """
 
 
-def _adapt(connection: Any, value: datetime.datetime) -> Any:
+def _adapt(connection: BaseDatabaseWrapper, value: datetime.datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def _now(connection: Any) -> tuple[str, list[Any]]:
+def _now(connection: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
     """The current time as SQL and its parameters (the module docstring says whose clock)."""
     if connection.vendor == "postgresql":
         return _PG_NOW, []
@@ -372,7 +374,7 @@ def _now(connection: Any) -> tuple[str, list[Any]]:
     return "%s", [_adapt(connection, timezone.now())]
 
 
-def _later(connection: Any, seconds: float) -> tuple[str, list[Any]]:
+def _later(connection: BaseDatabaseWrapper, seconds: float) -> tuple[str, list[Any]]:
     """``seconds`` from now, as SQL and its parameters."""
     if connection.vendor == "postgresql":
         return f"{_PG_NOW} + %s * interval '1 second'", [float(seconds)]
@@ -446,8 +448,7 @@ def insert_events(
             cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{conflict}", params)
         return
     notify = not (
-        connection.in_atomic_block
-        and any(func is _notified_marker for _, func, _ in connection.run_on_commit)
+        connection.in_atomic_block and any(entry[1] is _notified_marker for entry in connection.run_on_commit)
     )
     with connection.cursor() as cursor:
         statement = _postgresql_insert(
@@ -719,11 +720,11 @@ def claim_after(
     if done is not None and len(done) == 2:  # no timings: started unknown, returned now
         done = (done[0], done[1], [(None, 0.0)] * len(done[1]))
     finish = done is not None and bool(done[1])
-    if finish and connection.vendor != "postgresql":
+    if done is not None and finish and connection.vendor != "postgresql":
         complete(alias, *done)
         finish = False
     if chosen == []:
-        if finish:
+        if done is not None and finish:
             complete(alias, *done)
         return token, [], None
     if connection.vendor == "mysql":
@@ -734,7 +735,7 @@ def claim_after(
         if chosen is not None:
             params["queues"] = chosen
             after = None
-        if finish:
+        if done is not None and finish:
             done_token, done_ids, timings = done
             params["done_token"], params["done"] = done_token, list(done_ids)
             params["done_since_start"] = [since_start for since_start, _ in timings]
@@ -793,14 +794,14 @@ def take(
     return token, rows
 
 
-def _ids(connection: Any, ids: Sequence[int]) -> tuple[str, list[Any]]:
+def _ids(connection: BaseDatabaseWrapper, ids: Sequence[int]) -> tuple[str, list[Any]]:
     """An ``id`` membership test served by the primary key."""
     if connection.vendor == "postgresql":
         return "id = ANY(%s)", [list(ids)]
     return f"id IN ({', '.join(['%s'] * len(ids))})", list(ids)
 
 
-def _bookkeeping(connection: Any) -> str:
+def _bookkeeping(connection: BaseDatabaseWrapper) -> str:
     """ASYNC_COMMIT_POSTGRESQL for a worker's bookkeeping statement that is its own
     transaction on PostgreSQL, when OUTBOX["WORKER_ASYNC_COMMIT"] is on; else ""."""
     if connection.vendor != "postgresql" or not settings.WORKER_ASYNC_COMMIT:
@@ -863,12 +864,12 @@ def complete(
     # Elsewhere the process's clock, as every timestamp there: one CASE per column.
     now = timezone.now()
     started, finished, params_s, params_f = [], [], [], []
-    for event_id, (since_start, since_end) in zip(ids, timings, strict=True):
+    for event_id, (began, ended) in zip(ids, timings, strict=True):
         started.append("WHEN %s THEN %s")
-        at = None if since_start is None else now - datetime.timedelta(seconds=since_start)
+        at = None if began is None else now - datetime.timedelta(seconds=began)
         params_s += [event_id, at if at is None else _adapt(connection, at)]
         finished.append("WHEN %s THEN %s")
-        params_f += [event_id, _adapt(connection, now - datetime.timedelta(seconds=since_end))]
+        params_f += [event_id, _adapt(connection, now - datetime.timedelta(seconds=ended))]
     assignments = (
         f"status = 'done', started_at = CASE id {' '.join(started)} END, "
         f"finished_at = CASE id {' '.join(finished)} END, lease_token = NULL"
@@ -1077,7 +1078,7 @@ _SELECT_CLAIMED_MYSQL = (
 )
 
 
-def _mysql_clock(connection: Any) -> bool:
+def _mysql_clock(connection: BaseDatabaseWrapper) -> bool:
     """True if times come from the MySQL/MariaDB server's clock (see above)."""
     return connection.vendor == "mysql" and django_settings.USE_TZ
 
@@ -1185,7 +1186,7 @@ _BLOCKED_MYSQL = (
 
 
 def _insert_mysql(
-    connection: Any,
+    connection: BaseDatabaseWrapper,
     alias: str,
     signal: str,
     receivers: Sequence[NewEvent],
@@ -1233,7 +1234,7 @@ def _insert_mysql(
         cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{dedupe}", params)
 
 
-def _park_behind_mysql(cursor: Any, connection: Any, event_id: int) -> None:
+def _park_behind_mysql(cursor: CursorWrapper, connection: BaseDatabaseWrapper, event_id: int) -> None:
     """_PARK_BEHIND on MySQL, which refuses a subquery on the table an UPDATE writes: the
     failed row's receiver and key first (primary key), then its pending followers
     (outbox_event_key_my)."""

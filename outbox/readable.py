@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import DateTimeField, F, Func, QuerySet, TextField
 from django.db.models.functions import Cast
+from django.db.models.sql.compiler import SQLCompiler
 
 __all__ = [
     "TIME_FIELDS",
@@ -46,7 +49,9 @@ class ReadableTime(Func):
     output_field = DateTimeField()
     template = "%(expressions)s"
 
-    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, Sequence[Any]]:
         template = f"CASE WHEN {_IN_RANGE} THEN %(expressions)s END"
         return self.as_sql(compiler, connection, template=template, **extra)
 
@@ -57,7 +62,9 @@ class UnreadableTime(Func):
     output_field = TextField()
     template = "NULL"
 
-    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, Sequence[Any]]:
         template = f"CASE WHEN NOT ({_IN_RANGE}) THEN CAST(%(expressions)s AS text) END"
         return self.as_sql(compiler, connection, template=template, **extra)
 

@@ -22,7 +22,6 @@ from typing import Any
 from django.apps import apps
 from django.db import transaction
 from django.dispatch import Signal
-from django.dispatch.dispatcher import _make_id
 
 from . import coroutines, limits, queries, routing, serialization
 from .async_send import asend_hint
@@ -121,7 +120,7 @@ class Registry:
     def _defer(self, signal: Signal, sender: Any, uid: Any, spec: ReceiverSpec) -> None:
         with self._lock:
             proxies = self._groups.setdefault(signal, {})
-            key = _make_id(sender)
+            key = _sender_key(sender)
             proxy = proxies.get(key)
             if proxy is None:
                 proxy = proxies[key] = _DeferToOutbox(self.signal_name(signal))
@@ -147,7 +146,7 @@ class Registry:
                 return False
         with self._lock:
             proxies = self._groups.get(signal, {})
-            key = _make_id(sender)
+            key = _sender_key(sender)
             proxy = proxies.get(key)
             if proxy is None or uid not in proxy.specs:
                 return False
@@ -353,13 +352,24 @@ def _database(kwargs: dict[str, Any]) -> str:
     return using if isinstance(using, str) and using else settings.database
 
 
-def _signals(signal: Signal | Iterable[Signal]) -> list[Signal]:
+def _signals(signal: Signal | Iterable[Signal]) -> list[Any]:
+    """The signals given, one or a list or tuple of them; connect() refuses what is no Signal."""
     return list(signal) if isinstance(signal, (list, tuple)) else [signal]
 
 
-def _uid(func: Callable[..., Any], dispatch_uid: Any, delivery: str) -> Any:
+def _sender_key(sender: Any) -> Any:
+    """A sender's key, as Django's dispatcher keys it: the object's id, or for a bound method
+    (a new object at each attribute access) its instance's and function's."""
+    if hasattr(sender, "__func__"):
+        return (id(sender.__self__), id(sender.__func__))
+    return id(sender)
+
+
+def _uid(func: Callable[..., Any] | None, dispatch_uid: Any, delivery: str) -> Any:
     if dispatch_uid is not None:
         return ("outbox", dispatch_uid)
+    if func is None:
+        raise RegistrationError("disconnect() needs the receiver function or its dispatch_uid")
     if delivery == "outbox":
         return ("outbox", receiver_path(func))
     return ("outbox", "on_commit", id(func))
@@ -477,8 +487,6 @@ def disconnect(
     Returns True if anything was disconnected. Events already written stay in the table
     and still run: the worker keeps the receiver registered, as it must to drain them.
     """
-    if func is None and dispatch_uid is None:
-        raise RegistrationError("disconnect() needs the receiver function or its dispatch_uid")
     uid = _uid(func, dispatch_uid, delivery)
     disconnected = False
     for one in _signals(signal):

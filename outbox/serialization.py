@@ -166,7 +166,7 @@ def _moment(tag: str, value: datetime.datetime | datetime.time) -> dict[str, Any
     """A datetime or time: ``isoformat()`` holds the offset, not the zone, nor ``fold``
     (which of a repeated wall time); without them a time in a DST overlap would come back
     unequal to itself, and arithmetic would ignore the zone's later transitions."""
-    encoded = {TAG: tag, "v": value.isoformat()}
+    encoded: dict[str, Any] = {TAG: tag, "v": value.isoformat()}
     zone = value.tzinfo
     if isinstance(zone, zoneinfo.ZoneInfo) and zone.key:
         encoded["tz"] = zone.key

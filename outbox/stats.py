@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -50,11 +51,11 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        n, self.estimated = count(self.object_list)
+        n, self.estimated = count(cast("QuerySet[Any]", self.object_list))  # the admin's querysets
         return n
 
 
-def _planner_rows(connection: Any, queryset: QuerySet[Any]) -> int:
+def _planner_rows(connection: BaseDatabaseWrapper, queryset: QuerySet[Any]) -> int:
     # With no filter the planner scales pg_class.reltuples to the table's current size;
     # with filters it applies the columns' statistics. Planning reads no rows.
     sql, params = queryset.values("pk").query.sql_with_params()

@@ -26,7 +26,7 @@ try:
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the otel extra is not installed
-    trace = None
+    trace = None  # type: ignore[assignment]
 
 #: True when ``opentelemetry-api`` is installed.
 AVAILABLE = trace is not None
@@ -47,15 +47,11 @@ ATTRIBUTES = (
 )
 
 
-def _none(*args: Any) -> None:
+def _none(*args: Any) -> Any:
     return None
 
 
-if trace is None:
-    capture = _none
-    start = _none
-    finish = _none
-else:
+if trace is not None:
     _propagator = TraceContextTextMapPropagator()
     _tracer: Any = None
 
@@ -137,3 +133,5 @@ else:
             return None
         parent = _propagator.extract(stored)
         return parent if trace.get_current_span(parent).get_span_context().is_valid else None
+else:
+    capture = start = finish = _none

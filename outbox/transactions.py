@@ -17,9 +17,9 @@ transaction opens, fails or ends.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from django.db import DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .exceptions import OutboxError
 
@@ -38,7 +38,7 @@ class TransactionLeftOpen(OutboxError):
     """A receiver returned with a transaction open; its uncommitted writes were rolled back."""
 
 
-def in_transaction(connection: Any) -> bool:
+def in_transaction(connection: BaseDatabaseWrapper) -> bool:
     """Whether an open Django ``connection`` is out of autocommit or in a transaction,
     by Django's account or by the driver's account of the server; no round trip."""
     raw = connection.connection
@@ -75,7 +75,7 @@ def roll_back_left_open(before: frozenset[str]) -> list[str]:
     return left
 
 
-def discard(connection: Any) -> None:
+def discard(connection: BaseDatabaseWrapper) -> None:
     """Roll back whatever ``connection`` has open and close it; the next query reconnects,
     in autocommit, outside any atomic block."""
     raw = connection.connection

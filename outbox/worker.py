@@ -94,9 +94,9 @@ class Worker:
         self.dispatcher = dispatcher or get_dispatcher(concurrency=self.concurrency)
         # One after another, a batch's successes are written done by the next claim's
         # statement (one round trip per batch); self._owed is the claim that owes them.
-        self._carry_done = isinstance(self.dispatcher, InProcessDispatcher) and self.concurrency == 1
-        if self._carry_done:
-            self.dispatcher.defer_done = True
+        self._carry_done = False
+        if isinstance(self.dispatcher, InProcessDispatcher) and self.concurrency == 1:
+            self.dispatcher.defer_done = self._carry_done = True
         self._owed: claims.Claim | None = None
         self._resume: Any = None  # the position the next claim may start from (claim_after)
         self._next_full_claim = 0.0  # monotonic time after which a claim starts at the start

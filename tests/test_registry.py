@@ -92,6 +92,11 @@ def test_connecting_the_same_receiver_twice_is_idempotent():
     assert not outbox.disconnect(followed, module_level)
 
 
+def test_disconnect_without_the_receiver_or_its_dispatch_uid_is_refused():
+    with pytest.raises(outbox.RegistrationError, match="needs the receiver function or its dispatch_uid"):
+        outbox.disconnect(followed)
+
+
 @contextlib.contextmanager
 def module_signal(name):
     """A new signal, defined as an attribute of this module (signals are named where defined)."""

@@ -22,7 +22,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from django.db.models import Case, Count, DateTimeField, DurationField, ExpressionWrapper, F, Q, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    DurationField,
+    Expression,
+    ExpressionWrapper,
+    F,
+    Q,
+    Value,
+    When,
+)
 from django.db.models.functions import Greatest, Trunc
 
 from .. import queries
@@ -192,7 +203,7 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
             when = when.replace(tzinfo=_UTC)
         return min(max(int((when - since) / window.step), 0), window.buckets - 1)
 
-    def bucket(name: str) -> Trunc:
+    def bucket(name: str | Expression) -> Trunc:
         return Trunc(name, window.unit, output_field=DateTimeField(), tzinfo=_UTC)
 
     # Backlog at the end of bucket i: events created before it ended and not finished by
@@ -229,20 +240,20 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
 
     # 2. Receivers: finished events and durations per receiver.
     by_name: dict[str, Receiver] = {}
-    rows = (
+    per_receiver = (
         ran.alias(span=_span("finished_at", "started_at"))
         .annotate(took=Case(When(started_at=None, then=Value(-1)), default=_bucket_of(F("span"))))
         .values("receiver", "status", "took")
         .annotate(n=Count("pk"))
     )
-    for row in rows:
-        receiver = by_name.setdefault(row["receiver"], Receiver(row["receiver"]))
-        if row["status"] == S.DONE:
-            receiver.done += row["n"]
+    for group in per_receiver:
+        receiver = by_name.setdefault(group["receiver"], Receiver(group["receiver"]))
+        if group["status"] == S.DONE:
+            receiver.done += group["n"]
         else:
-            receiver.failed += row["n"]
-        if row["took"] >= 0:
-            receiver.durations[row["took"]] += row["n"]
+            receiver.failed += group["n"]
+        if group["took"] >= 0:
+            receiver.durations[group["took"]] += group["n"]
 
     # 3. The waiting half of the backlog: events pending or running now, by arrival.
     waiting = (
@@ -251,8 +262,8 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
         .values("c")
         .annotate(n=Count("pk"))
     )
-    for row in waiting:
-        arrived[index(row["c"])] += row["n"]
+    for arrival in waiting:
+        arrived[index(arrival["c"])] += arrival["n"]
     backlog, level = [], 0
     for i in range(window.buckets):
         level += arrived[i]

@@ -65,7 +65,8 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
     per_minute = window.step.total_seconds() / 60  # the day's buckets are hours
     rate = _("events per minute") if per_minute == 1 else _("events per minute (hourly average)")
     queues = sorted(
-        {DEFAULT_QUEUE, *(spec.queue for spec in registry.receivers.values())} | ({queue} - {None})
+        {DEFAULT_QUEUE, *(spec.queue for spec in registry.receivers.values())}
+        | ({queue} if queue is not None else set())
     )
     context = {
         **model_admin.admin_site.each_context(request),
