@@ -32,10 +32,15 @@ def _slow_receivers():
     slow_receivers.connect()
 
 
-def _send(signal_, count, sleep, prefix="job"):
+def _send(signal_, count, sleep, prefix="job", mark_start=False):
     with transaction.atomic():
         for i in range(count):
-            signal_.send(sender=None, key=f"{prefix}-{i}", sleep=sleep)
+            signal_.send(sender=None, key=f"{prefix}-{i}", sleep=sleep, mark_start=mark_start)
+
+
+def _started(count):
+    """``count`` receivers have begun (a row's ``running`` status says only "claimed")."""
+    return Call.objects.filter(receiver="started").count() >= count
 
 
 def _keys(receiver):
@@ -72,9 +77,8 @@ def test_sigterm_mid_flight_finishes_the_receivers_in_hand_hands_back_the_rest_a
 ):
     signal_, receiver = KINDS[kind]
     worker = worker_process("--concurrency", "10", "--lease-seconds", "600", env=SLOW)
-    _send(signal_, 40, sleep=1.0)
-    wait_for(lambda: Event.objects.filter(status="running").exists(), timeout=60)
-    time.sleep(0.3)  # ten receivers are in hand
+    _send(signal_, 40, sleep=1.0, mark_start=True)
+    wait_for(lambda: _started(1), timeout=60)  # receivers are in hand
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, worker.output
     assert not Event.objects.filter(status="running").exists(), "no row is left leased"
@@ -105,9 +109,8 @@ def test_once_the_receivers_in_hand_turn_out_slow_the_unstarted_rest_goes_back(w
 
 def test_a_second_sigterm_exits_at_once(worker_process):
     worker = worker_process("--concurrency", "5", env=SLOW)
-    _send(work, 5, sleep=30)
-    wait_for(lambda: Event.objects.filter(status="running").count() == 5, timeout=60)
-    time.sleep(0.3)
+    _send(work, 5, sleep=30, mark_start=True)
+    wait_for(lambda: _started(5), timeout=60)
     worker.signal(signal.SIGTERM)
     time.sleep(0.3)
     asked = time.monotonic()

@@ -22,7 +22,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _send(count, sleep=0.0):
     with transaction.atomic():
         for i in range(count):
-            work.send(sender=None, key=f"job-{i}", sleep=sleep)
+            work.send(sender=None, key=f"job-{i}", sleep=sleep, mark_start=bool(sleep))
+
+
+def _receiver_started(key="job-0"):
+    """Claimed is not started: a stop signal between the claim and the receiver's first line
+    hands the row back and exits 0 at once, as it should."""
+    return Call.objects.filter(receiver="started", key=key).exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -30,13 +36,13 @@ def test_a_stop_signal_mid_batch_exits_0_and_hands_the_rest_back_due_now(signum,
     _send(5, sleep=1.5)
     worker = worker_process("--batch-size", "10", "--lease-seconds", "600", "--poll-interval", "0.1")
     wait_for(lambda: Event.objects.filter(status="running").count() == 5, timeout=60)
-    time.sleep(0.3)  # inside the first receiver
+    wait_for(_receiver_started, timeout=60)  # inside the first receiver
     asked = time.monotonic()
     worker.signal(signum)
     assert worker.wait(timeout=30) == 0, worker.output
     # The receiver in hand finishes (1.5 s at most), then the batch is recorded.
     assert time.monotonic() - asked < 10
-    assert list(Call.objects.values_list("key", flat=True)) == ["job-0"]
+    assert list(Call.objects.filter(receiver="record").values_list("key", flat=True)) == ["job-0"]
     assert not Event.objects.filter(status="running").exists(), "no row is left leased"
     handed_back = Event.objects.filter(status="pending")
     assert handed_back.count() == 4
@@ -60,7 +66,7 @@ def test_sigterm_while_idle_exits_0_promptly(worker_process):
 def test_a_second_sigterm_exits_at_once(worker_process):
     _send(1, sleep=60)
     worker = worker_process("--lease-seconds", "600")
-    wait_for(lambda: Event.objects.filter(status="running").exists(), timeout=60)
+    wait_for(_receiver_started, timeout=60)
     worker.signal(signal.SIGTERM)
     time.sleep(0.5)
     assert worker.process.poll() is None, "the first SIGTERM waits for the receiver in hand"

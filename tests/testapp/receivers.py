@@ -43,8 +43,12 @@ def flaky(sender, **kwargs):
     CALLS.append(("flaky", sender, kwargs))
 
 
-def record(sender, key, sleep=0.0, **kwargs):
-    """Recorded durably: used by tests that run real worker processes."""
+def record(sender, key, sleep=0.0, mark_start=False, **kwargs):
+    """Recorded durably: used by tests that run real worker processes. With ``mark_start`` a
+    ``Call(receiver="started")`` row says the receiver is running before it sleeps: a row's
+    ``running`` status only says it was claimed."""
+    if mark_start:
+        Call.objects.create(receiver="started", key=key, worker_pid=os.getpid())
     if sleep:
         time.sleep(sleep)
     Call.objects.create(receiver="record", key=key, worker_pid=os.getpid())

@@ -32,7 +32,9 @@ def _record(receiver, key):
     Call.objects.create(receiver=receiver, key=key, worker_pid=os.getpid())
 
 
-async def wait_async(sender, key, sleep=0.0, **kwargs):
+async def wait_async(sender, key, sleep=0.0, mark_start=False, **kwargs):
+    if mark_start:  # as receivers.record: says it runs, where ``running`` says only "claimed"
+        await Call.objects.acreate(receiver="started", key=key, worker_pid=os.getpid())
     await asyncio.sleep(sleep)
     # Django's async ORM, from a task on the worker's event loop.
     await Call.objects.acreate(receiver="wait_async", key=key, worker_pid=os.getpid())
