@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     # crash may then forget the last fraction of a second of it: those events run again.
     # Never applies to the sender's INSERT, nor to anything a receiver writes.
     "WORKER_ASYNC_COMMIT": True,
+    # PostgreSQL: a worker runs ANALYZE on the events table when its planner statistics are
+    # stale (more rows changed since the last ANALYZE than they count, and at least 10,000),
+    # so that the claim keeps its ordered walk of the due index (outbox.planner_statistics).
+    "WORKER_ANALYZE": True,
     # Receivers one worker runs at once: sync ones in that many threads, async ones as
     # tasks on one event loop. 1 runs them one after another (run_outbox --concurrency).
     "CONCURRENCY": 1,

@@ -24,7 +24,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import claims, limits, pruning, routing, status
+from . import claims, limits, planner_statistics, pruning, routing, status
 from .checks import unapplied_migrations
 from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
@@ -53,6 +53,10 @@ _FULL_CLAIM_EVERY = 1.0
 # Seconds between a PostgreSQL worker's looks at the table's dead rows and at the oldest
 # transaction holding the xmin horizon (outbox.status.attention), logged as warnings.
 _ATTENTION_INTERVAL = 60.0
+
+# Seconds between a PostgreSQL worker's looks at the freshness of the table's planner
+# statistics (outbox.planner_statistics; OUTBOX["WORKER_ANALYZE"]).
+_ANALYZE_CHECK_INTERVAL = 10.0
 
 # Errors that mean "the database went away", after which the worker reconnects.
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
@@ -120,6 +124,7 @@ class Worker:
         self._signal_count = 0
         self._next_prune = 0.0  # monotonic time of the next pruning visit; 0: at start
         self._next_attention = 0.0  # monotonic time of the next look at the table's health
+        self._next_analyze_check = 0.0  # ... and at its planner statistics
 
     def _refuse_bad_numbers(self) -> None:
         """Refuse to start on a setting or an argument out of its range, rather than die of
@@ -215,6 +220,7 @@ class Worker:
                 failures = 0
                 self._maybe_prune()
                 self._maybe_warn()
+                self._maybe_analyze()
                 if handled:
                     if self._listener is not None:
                         self._listener.disarm()  # busy: senders need not notify
@@ -319,6 +325,21 @@ class Worker:
             return
         for note in notes:
             logger.warning("%s (manage.py outbox_status shows it)", note)
+
+    def _maybe_analyze(self) -> None:
+        """Every _ANALYZE_CHECK_INTERVAL on PostgreSQL, between batches: ANALYZE the table
+        if its statistics are stale (outbox.planner_statistics), so the claim keeps its plan."""
+        if self.once or not settings.WORKER_ANALYZE or time.monotonic() < self._next_analyze_check:
+            return
+        self._next_analyze_check = time.monotonic() + _ANALYZE_CHECK_INTERVAL
+        if connections[self.database].vendor != "postgresql":
+            return
+        try:
+            planner_statistics.analyze_if_stale(self.database)
+        except DatabaseError as exc:
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise
+            logger.debug("could not analyze the table: %s", exc)
 
     # --- one batch -------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -65,12 +67,13 @@ STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 OUTBOX = {"BACKOFF_BASE_SECONDS": 0.01, "BACKOFF_MAX_SECONDS": 0.05, "POLL_INTERVAL": 0.1}
 # Processes the relay tests start read these: the dispatcher and leases of the run.
-_FROM_ENV = {
+_FROM_ENV: dict[str, Callable[[str], Any]] = {
     "DISPATCHER": str,
     "LEASE_SECONDS": float,
     "RELAY_LEASE_SECONDS": float,
     "RELAY_TASK_SIZE": int,
     "RELAY_QUEUE_LIMIT": int,
+    "WORKER_ANALYZE": lambda value: value == "1",
 }
 for _name, _kind in _FROM_ENV.items():
     if os.environ.get(f"OUTBOX_TEST_{_name}"):
