@@ -208,6 +208,14 @@ bench-ab: $(BENCH_VENV)/.installed postgres-up
 
 # The claim and the drain with 1,000,000 finished rows that a held snapshot keeps from VACUUM
 # (bench/bloat.py; not in CI: minutes). BENCH_BLOAT_ARGS="--rows 200000 --events 5000".
+# The claim beside 10,000,000 done events, and outbox_prune deleting them while a sender
+# sends and a worker drains (bench/scale.py; not in CI: 5 GB, 10 to 20 minutes).
+# BENCH_SCALE_ARGS="--done 1000000" for a shorter run.
+BENCH_SCALE_PG ?= postgres://postgres@127.0.0.1:5432/bench_scale
+.PHONY: bench-scale
+bench-scale: venv postgres-up
+	$(PY) -m bench.scale --pg $(BENCH_SCALE_PG) $(BENCH_SCALE_ARGS)
+
 .PHONY: bench-bloat
 bench-bloat: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.bloat --pg $(BENCH_PG) $(BENCH_BLOAT_ARGS)
