@@ -4,9 +4,10 @@ Two questions of issue 14 (item 5), on PostgreSQL, on a database of its own:
 
 1. Does the claim cost the same with ``--done`` finished events in the table as with none?
    The claim reads the partial index ``outbox_event_due`` (pending and running rows only),
-   so it should: measured as the median time of a claim of ``--batch`` due events and of
-   their completion, over ``--rounds`` pools of ``--due`` due events, with no done rows and then with
-   ``--done`` (written in bulk, vacuumed and analyzed, as autovacuum would leave them).
+   so it should: two databases, one with ``--done`` done events (written in bulk, vacuumed
+   and analyzed, as autovacuum would leave them) and one without, each given ``--rounds``
+   pools of ``--due`` due events in turn; the median claim of ``--batch`` events, its
+   completion, and a claim that finds nothing, on each.
 2. Does ``manage.py outbox_prune`` delete them without a lock that blocks senders or
    workers, and how fast? While it runs, a sender commits one event at a time (timed: the
    slowest and the 99th percentile beside the same figures with no prune running) and a
@@ -86,47 +87,46 @@ class Scale:
         conn.execute("SET statement_timeout = '60min'")
         return conn
 
-    def claims(self, conn: psycopg.Connection, due: int, batch: int, rounds: int) -> dict:
-        """Median ms of a claim of ``batch`` due events and of their completion, over
-        ``rounds`` pools of ``due`` events (each claimed until it is empty, then deleted),
-        and of a claim that finds nothing."""
+    def claim_pool(self, conn: psycopg.Connection, due: int, batch: int) -> tuple[list[float], list[float]]:
+        """Claim a pool of ``due`` fresh due events ``batch`` at a time, completing each
+        batch, until none is left; return the milliseconds of each claim and completion.
+        The pool's rows are deleted after (done, they would join the measured ones)."""
         from outbox.queries import CLAIM_POSTGRESQL, COMPLETE_POSTGRESQL
 
+        conn.execute(_DUE, [due])
+        conn.execute("VACUUM ANALYZE outbox_event")
+        conn.execute("CHECKPOINT")
         cursor = psycopg.ClientCursor(conn)
         params = {"token": "t", "lease": 60.0, "limit": batch, "worker": "bench"}
         claim_ms, complete_ms = [], []
-        for _ in range(rounds):
-            conn.execute(_DUE, [due])
-            conn.execute("VACUUM ANALYZE outbox_event")
-            conn.execute("CHECKPOINT")
-            while True:
-                began = time.perf_counter()
-                cursor.execute(CLAIM_POSTGRESQL, params)
-                ids = [row[0] for row in cursor.fetchall()]
-                claimed = time.perf_counter()
-                if not ids:
-                    break
-                cursor.execute(COMPLETE_POSTGRESQL, [ids, [0.0] * len(ids), [0.0] * len(ids), "t"])
-                claim_ms.append((claimed - began) * 1000)
-                complete_ms.append((time.perf_counter() - claimed) * 1000)
-            # The pool's rows are done now, beside the others: out of the next measurement.
-            conn.execute("DELETE FROM outbox_event WHERE worker = 'bench'")
+        while True:
+            began = time.perf_counter()
+            cursor.execute(CLAIM_POSTGRESQL, params)
+            ids = [row[0] for row in cursor.fetchall()]
+            claimed = time.perf_counter()
+            if not ids:
+                break
+            cursor.execute(COMPLETE_POSTGRESQL, [ids, [0.0] * len(ids), [0.0] * len(ids), "t"])
+            claim_ms.append((claimed - began) * 1000)
+            complete_ms.append((time.perf_counter() - claimed) * 1000)
+        conn.execute("DELETE FROM outbox_event WHERE worker = 'bench'")
         conn.execute("VACUUM ANALYZE outbox_event")
-        empty = []
+        return claim_ms, complete_ms
+
+    def empty_claim(self, conn: psycopg.Connection, batch: int) -> tuple[float, list[str]]:
+        """Median ms of 50 claims that find nothing, and the claim's plan."""
+        from outbox.queries import CLAIM_POSTGRESQL
+
+        cursor = psycopg.ClientCursor(conn)
+        params = {"token": "t", "lease": 60.0, "limit": batch, "worker": "bench"}
+        times = []
         for _ in range(50):
             began = time.perf_counter()
             cursor.execute(CLAIM_POSTGRESQL, params)
             cursor.fetchall()
-            empty.append((time.perf_counter() - began) * 1000)
+            times.append((time.perf_counter() - began) * 1000)
         cursor.execute("EXPLAIN " + CLAIM_POSTGRESQL, params)
-        plan = [row[0] for row in cursor.fetchall()]
-        return {
-            "claims": len(claim_ms),
-            "claim_ms": round(statistics.median(claim_ms), 3),
-            "complete_ms": round(statistics.median(complete_ms), 3),
-            "empty_claim_ms": round(statistics.median(empty), 3),
-            "plan": plan,
-        }
+        return statistics.median(times), [row[0] for row in cursor.fetchall()]
 
     def fill(self, conn: psycopg.Connection, done: int) -> float:
         began = time.time()
@@ -153,6 +153,19 @@ class Scale:
                 time.sleep(0.005)
         return times
 
+    def lock_waits(self, stop: threading.Event) -> list[str]:
+        """Every 10 ms until ``stop``: the sessions of this database waiting for a lock."""
+        seen = []
+        with self.connect() as conn:
+            while not stop.is_set():
+                rows = conn.execute(
+                    "SELECT wait_event, left(query, 60) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).fetchall()
+                seen.extend(f"{event}: {query}" for event, query in rows)
+                time.sleep(0.01)
+        return seen
+
     def prune(self, conn: psycopg.Connection, done: int, batch_size: int) -> dict:
         worker = subprocess.Popen(
             [PY, "-m", "django", "run_outbox", "-v0"],
@@ -166,8 +179,11 @@ class Scale:
             quiet = self.send_latencies(10)
             stop = threading.Event()
             during: list[float] = []
+            waits: list[str] = []
             sender = threading.Thread(target=lambda: during.extend(self.send_latencies(None, stop)))
+            watcher = threading.Thread(target=lambda: waits.extend(self.lock_waits(stop)))
             sender.start()
+            watcher.start()
             began = time.time()
             command = [PY, "-m", "django", "outbox_prune", "--older-than", "7d"]
             command += ["--batch-size", str(batch_size)]
@@ -177,6 +193,7 @@ class Scale:
             elapsed = time.time() - began
             stop.set()
             sender.join()
+            watcher.join()
             deadline = time.time() + 60
             while conn.execute("SELECT count(*) FROM outbox_event WHERE status <> 'done'").fetchone()[0]:
                 if time.time() > deadline:
@@ -197,6 +214,10 @@ class Scale:
             "sends_drained": sent,
             "send_ms_quiet": _summary(quiet),
             "send_ms_during_prune": _summary(during),
+            # Sessions of this database seen waiting for a heavyweight lock (pg_locks), sampled
+            # every 10 ms while the prune ran: what a blocking lock would show.
+            "lock_waits_seen": len(waits),
+            "lock_waits": sorted(set(waits))[:10],
         }
 
 
@@ -215,29 +236,47 @@ def main() -> None:
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/bench_scale")
     parser.add_argument("--done", type=int, default=10_000_000, help="done events in the table")
     parser.add_argument("--due", type=int, default=20_000, help="due events claimed in each case")
-    parser.add_argument("--rounds", type=int, default=3, help="pools of due events in each case")
+    parser.add_argument("--rounds", type=int, default=6, help="pools of due events per case, in turn")
     parser.add_argument("--batch", type=int, default=100, help="events per claim (BATCH_SIZE)")
     parser.add_argument("--prune-batch", type=int, default=1000, help="rows per DELETE (PRUNE_BATCH_SIZE)")
     args = parser.parse_args()
-    scale = Scale(args.pg)
-    scale.setup()
+    full, empty = Scale(args.pg), Scale(args.pg + "_empty")
+    full.setup()
+    empty.setup()
     for name in ("BENCH_DATABASE_URL", "DJANGO_SETTINGS_MODULE"):
-        os.environ[name] = scale.env[name]
+        os.environ[name] = full.env[name]
     import django
 
     django.setup()
-    with scale.connect() as conn:
-        log("claims with no done events")
-        empty = scale.claims(conn, args.due, args.batch, args.rounds)
-        log(f"  claim {empty['claim_ms']} ms, complete {empty['complete_ms']} ms")
+    with full.connect() as conn, empty.connect() as empty_conn:
         log(f"writing {args.done:,} done events")
-        built = scale.fill(conn, args.done)
+        built = full.fill(conn, args.done)
         size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('outbox_event'))").fetchone()[0]
-        log(f"claims with {args.done:,} done events ({size})")
-        full = scale.claims(conn, args.due, args.batch, args.rounds)
-        log(f"  claim {full['claim_ms']} ms, complete {full['complete_ms']} ms")
+        # The same claims on the two databases in turn, round after round, so that both
+        # see the same machine; the ratio is of the medians over every claim of each.
+        times: dict[str, tuple[list[float], list[float]]] = {"none": ([], []), "done": ([], [])}
+        for round_ in range(args.rounds):
+            order = [("none", empty, empty_conn), ("done", full, conn)]
+            for case, scale, connection in order if round_ % 2 == 0 else order[::-1]:
+                claims, completions = scale.claim_pool(connection, args.due, args.batch)
+                times[case][0].extend(claims)
+                times[case][1].extend(completions)
+                log(f"  round {round_ + 1}, {case}: claim {statistics.median(claims):.3f} ms")
+        figures = {}
+        for case, scale, connection in (("none", empty, empty_conn), ("done", full, conn)):
+            empty_ms, plan = scale.empty_claim(connection, args.batch)
+            figures[case] = {
+                "claims": len(times[case][0]),
+                "claim_ms": round(statistics.median(times[case][0]), 3),
+                "complete_ms": round(statistics.median(times[case][1]), 3),
+                "empty_claim_ms": round(empty_ms, 3),
+                "plan": plan,
+            }
+        for case in ("none", "done"):
+            shown = {key: value for key, value in figures[case].items() if key != "plan"}
+            log(f"  {case}: {shown}")
         log("pruning them while a sender sends and a worker drains")
-        pruned = scale.prune(conn, args.done, args.prune_batch)
+        pruned = full.prune(conn, args.done, args.prune_batch)
         log(f"  {pruned['rows_per_second']:,} rows/s; sends {pruned['send_ms_during_prune']}")
     print(
         json.dumps(
@@ -245,10 +284,13 @@ def main() -> None:
                 "done_rows": args.done,
                 "table_size": size,
                 "fill_seconds": round(built),
-                "claim_without_done": empty,
-                "claim_with_done": full,
-                "claim_ratio": round(full["claim_ms"] / empty["claim_ms"], 2),
-                "complete_ratio": round(full["complete_ms"] / empty["complete_ms"], 2),
+                "claim_without_done": figures["none"],
+                "claim_with_done": figures["done"],
+                "claim_ratio": round(figures["done"]["claim_ms"] / figures["none"]["claim_ms"], 2),
+                "complete_ratio": round(figures["done"]["complete_ms"] / figures["none"]["complete_ms"], 2),
+                "empty_claim_ratio": round(
+                    figures["done"]["empty_claim_ms"] / figures["none"]["empty_claim_ms"], 2
+                ),
                 "prune": pruned,
             },
             indent=1,
