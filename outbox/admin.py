@@ -5,7 +5,7 @@ by hand would be run by the worker. The only writes are the replay and discard o
 of :mod:`outbox.operations` (one bulk UPDATE each), behind their own permissions.
 Every changelist query is bounded for big tables: newest first on the primary key,
 filter choices from the registry (never ``SELECT DISTINCT``), and counts from
-:mod:`outbox.stats` (estimated on PostgreSQL when large).
+:mod:`outbox.monitoring` (estimated on PostgreSQL when large).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import admin_filters as filters
-from . import admin_log, operations, queries, stats
+from . import admin_log, monitoring, operations, queries
 from .dashboard.views import dashboard_view
 from .models import Event
 from .readable import payload_of, readable, time_of
@@ -140,7 +140,7 @@ class EventAdmin(admin.ModelAdmin):
     if hasattr(admin, "ShowFacets"):  # Django 5.0+
         # Facet counts ("Show counts") would COUNT the table once per filter choice.
         show_facets = admin.ShowFacets.NEVER
-    paginator = stats.EstimatedCountPaginator
+    paginator = monitoring.EstimatedCountPaginator
     list_per_page = 50
     actions = ("replay", "discard")
     fieldsets = (
@@ -366,7 +366,7 @@ class EventAdmin(admin.ModelAdmin):
             if any(name and name not in allowed for name in request.POST.getlist("action")):
                 raise PermissionDenied
         # A callable: the template computes it only when it renders the list, not for actions.
-        extra_context = {**(extra_context or {}), "outbox_summary": stats.summary}
+        extra_context = {**(extra_context or {}), "outbox_summary": monitoring.summary}
         return super().changelist_view(request, extra_context)
 
     # --- actions ------------------------------------------------------------------------
