@@ -36,7 +36,7 @@ from django.views.decorators.http import require_POST
 from . import admin_filters as filters
 from . import admin_log, monitoring, operations, queries
 from .dashboard.views import dashboard_view
-from .models import Event
+from .models import Event, EventQuerySet
 from .readable import payload_of, readable, time_of
 from .serialization import TAG
 
@@ -372,7 +372,7 @@ class EventAdmin(admin.ModelAdmin):
     # --- actions ------------------------------------------------------------------------
 
     @admin.action(description=_("Replay selected events"), permissions=["replay"])
-    def replay(self, request: HttpRequest, queryset: QuerySet[Event]) -> HttpResponse | None:
+    def replay(self, request: HttpRequest, queryset: EventQuerySet) -> HttpResponse | None:
         if not self.has_replay_permission(request):
             raise PermissionDenied
         hidden = [
@@ -384,12 +384,12 @@ class EventAdmin(admin.ModelAdmin):
         return self._replay(request, queryset, hidden, cancel_url=request.get_full_path())
 
     @admin.action(description=_("Discard selected events"), permissions=["discard"])
-    def discard(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+    def discard(self, request: HttpRequest, queryset: EventQuerySet) -> None:
         if not self.has_discard_permission(request):
             raise PermissionDenied
         self._discard(request, queryset)
 
-    def _discard(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+    def _discard(self, request: HttpRequest, queryset: EventQuerySet) -> None:
         logged = admin_log.select(queryset, operations.DISCARDABLE)
         result = operations.discard(queryset)
         self._log(request, logged, result, _("Discarded"))
@@ -413,7 +413,7 @@ class EventAdmin(admin.ModelAdmin):
         )
 
     def _replay(
-        self, request: HttpRequest, queryset: QuerySet[Event], hidden: list[tuple[str, Any]], cancel_url: str
+        self, request: HttpRequest, queryset: EventQuerySet, hidden: list[tuple[str, Any]], cancel_url: str
     ) -> HttpResponse | None:
         """Replay, asking first when done events are among them: that runs receivers again."""
         include_done = request.POST.get("include_done")
@@ -488,7 +488,7 @@ class EventAdmin(admin.ModelAdmin):
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
-    def _one(self, request: HttpRequest, object_id: str) -> QuerySet[Event]:
+    def _one(self, request: HttpRequest, object_id: str) -> EventQuerySet:
         event = self.get_object(request, object_id)  # None for a malformed or unknown id
         if event is None:
             raise Http404
