@@ -111,9 +111,14 @@ class EventQuerySet(models.QuerySet["Event"]):
 
     def count_by(self, *columns: str) -> dict[tuple[Any, ...], int]:
         """How many events there are per value of ``columns`` (fields or annotations): one
-        ``GROUP BY``, keyed by the tuple of values, groups with no event left out."""
-        rows = self.order_by().values_list(*columns).annotate(n=Count("pk"))
-        return {tuple(row[:-1]): row[-1] for row in rows}
+        ``GROUP BY``, keyed by the tuple of values, groups with no event left out.
+
+        The queryset's ordering is dropped: ordered, every row would be a group of its own."""
+        counts: dict[tuple[Any, ...], int] = {}
+        for *values, n in self.order_by().values_list(*columns).annotate(n=Count("pk")):
+            # Summed, not assigned: two groups apart in SQL may be one value in Python.
+            counts[tuple(values)] = counts.get(tuple(values), 0) + n
+        return counts
 
     def count_by_status(self) -> dict[str, int]:
         """How many events there are per status (one ``GROUP BY``), statuses with none left

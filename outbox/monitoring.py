@@ -261,7 +261,7 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
         for minutes in RATE_WINDOWS
     }
     since = now - datetime.timedelta(minutes=max(RATE_WINDOWS))
-    done = events.done().filter(finished_at__gte=since).aggregate(**windows)
+    done = events.filter(status=Event.Status.DONE, finished_at__gte=since).aggregate(**windows)
 
     report = Report(
         database=database,

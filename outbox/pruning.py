@@ -85,7 +85,7 @@ def prune(
     events = Event.objects.using(database)
     for status in _statuses(statuses):
         result.deleted[status] = 0
-        old = events.with_status(status).filter(finished_at__lt=before).order_by("finished_at", "id")
+        old = events.filter(status=status, finished_at__lt=before).order_by("finished_at", "id")
         page = old
         while True:
             if should_stop() or (deadline is not None and time.monotonic() >= deadline):
