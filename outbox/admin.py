@@ -45,11 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = ["EventAdmin"]
 
-S = Event.Status
 _REFUSALS: dict[str, StrOrPromise] = {
-    S.RUNNING: _("a worker holds it; try again once it finishes or its lease expires"),
-    S.DONE: _("already run"),
-    S.DISCARDED: _("already discarded"),
+    Event.Status.RUNNING: _("a worker holds it; try again once it finishes or its lease expires"),
+    Event.Status.DONE: _("already run"),
+    Event.Status.DISCARDED: _("already discarded"),
 }
 #: References listed on the detail page; a payload naming more shows only the first.
 _MAX_REFS = 50
@@ -106,9 +105,9 @@ _KEY_STATES = {"blocks": _("blocks its key"), "blocked": _("waits on its key")}
 
 def _key_state(event: Event) -> str:
     """ "blocks" for a failed keyed event, "blocked" for one parked behind it, else ""."""
-    if event.status == S.FAILED:
+    if event.status == Event.Status.FAILED:
         return "blocks"
-    if event.status == S.PENDING and time_of(event, "available_at") == queries.parked():
+    if event.status == Event.Status.PENDING and time_of(event, "available_at") == queries.parked():
         return "blocked"
     return ""
 
@@ -221,19 +220,15 @@ class EventAdmin(admin.ModelAdmin):
         outbox_event_key."""
         if obj.ordering_key is None:
             return _("unordered")
-        same_key = Event.objects.using(obj._state.db).filter(
-            receiver=obj.receiver,
-            ordering_key=obj.ordering_key,
-            status__in=[S.PENDING, S.RUNNING, S.FAILED],
-        )
-        if obj.status == S.FAILED:
-            waiting = same_key.filter(id__gt=obj.id, status=S.PENDING).count()
+        same_key = Event.objects.using(obj._state.db).of_key(obj.receiver, obj.ordering_key)
+        if obj.status == Event.Status.FAILED:
+            waiting = same_key.filter(id__gt=obj.id).pending().count()
             return _(
                 "Blocks its key: the %(n)d later event(s) of this receiver and key wait until this one "
                 "is replayed or discarded."
             ) % {"n": waiting}
         earlier = same_key.filter(id__lt=obj.id).order_by("id").values_list("id", "status").first()
-        if obj.status == S.PENDING and earlier is not None:
+        if obj.status == Event.Status.PENDING and earlier is not None:
             return _("Waits for event #%(id)d (%(status)s), the earlier event of its key.") % {
                 "id": earlier[0],
                 "status": earlier[1],
@@ -258,7 +253,7 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("next attempt"))
     def next_attempt(self, obj: Event) -> str:
-        if obj.status != S.PENDING or _key_state(obj) == "blocked":
+        if obj.status != Event.Status.PENDING or _key_state(obj) == "blocked":
             return "-"  # a parked event's available_at is a marker, not a time
         return _when(time_of(obj, "available_at"))
 
@@ -418,7 +413,7 @@ class EventAdmin(admin.ModelAdmin):
         """Replay, asking first when done events are among them: that runs receivers again."""
         include_done = request.POST.get("include_done")
         if include_done is None:
-            done = queryset.filter(status=S.DONE).order_by().count()
+            done = queryset.done().order_by().count()
             if done:
                 context = {
                     **self.admin_site.each_context(request),
@@ -482,7 +477,7 @@ class EventAdmin(admin.ModelAdmin):
         obj: Event | None = None,
     ) -> HttpResponse:
         if obj is not None:
-            context["can_replay"] = self.has_replay_permission(request) and obj.status != S.RUNNING
+            context["can_replay"] = self.has_replay_permission(request) and obj.status != Event.Status.RUNNING
             context["can_discard"] = (
                 self.has_discard_permission(request) and obj.status in operations.DISCARDABLE
             )
