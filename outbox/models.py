@@ -26,6 +26,9 @@ class EventQuerySet(models.QuerySet["Event"]):
     Each filter is spelled as the condition of the partial index that serves it (see
     ``Event.Meta.indexes``), because SQLite uses a partial index only when the query's
     ``WHERE`` holds the index's condition term by term; PostgreSQL is less particular.
+    (SQLite matches ``status = %s`` with its bound value, but not a bound ``IN`` list: there
+    :meth:`unfinished`, :meth:`due`, :meth:`parked`, :meth:`keyed` and :meth:`of_key` read
+    the table; tests/test_queryset.py says so.)
     """
 
     def with_status(self, *statuses: str) -> Self:
