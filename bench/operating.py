@@ -44,8 +44,8 @@ def main() -> None:
 
     from outbox import pruning
     from outbox.models import Event
+    from outbox.monitoring import collect
     from outbox.operations import replay, select_events
-    from outbox.status import collect
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE outbox_event")

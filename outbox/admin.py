@@ -5,7 +5,7 @@ by hand would be run by the worker. The only writes are the replay and discard o
 of :mod:`outbox.operations` (one bulk UPDATE each), behind their own permissions.
 Every changelist query is bounded for big tables: newest first on the primary key,
 filter choices from the registry (never ``SELECT DISTINCT``), and counts from
-:mod:`outbox.stats` (estimated on PostgreSQL when large).
+:mod:`outbox.monitoring` (estimated on PostgreSQL when large).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from . import admin_filters as filters
-from . import admin_log, operations, queries, stats
+from . import admin_log, monitoring, operations, queries
 from .dashboard.views import dashboard_view
-from .models import Event
+from .models import Event, EventQuerySet
 from .readable import payload_of, readable, time_of
 from .serialization import TAG
 
@@ -45,11 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = ["EventAdmin"]
 
-S = Event.Status
 _REFUSALS: dict[str, StrOrPromise] = {
-    S.RUNNING: _("a worker holds it; try again once it finishes or its lease expires"),
-    S.DONE: _("already run"),
-    S.DISCARDED: _("already discarded"),
+    Event.Status.RUNNING: _("a worker holds it; try again once it finishes or its lease expires"),
+    Event.Status.DONE: _("already run"),
+    Event.Status.DISCARDED: _("already discarded"),
 }
 #: References listed on the detail page; a payload naming more shows only the first.
 _MAX_REFS = 50
@@ -106,9 +105,9 @@ _KEY_STATES = {"blocks": _("blocks its key"), "blocked": _("waits on its key")}
 
 def _key_state(event: Event) -> str:
     """ "blocks" for a failed keyed event, "blocked" for one parked behind it, else ""."""
-    if event.status == S.FAILED:
+    if event.status == Event.Status.FAILED:
         return "blocks"
-    if event.status == S.PENDING and time_of(event, "available_at") == queries.parked():
+    if event.status == Event.Status.PENDING and time_of(event, "available_at") == queries.parked():
         return "blocked"
     return ""
 
@@ -140,7 +139,7 @@ class EventAdmin(admin.ModelAdmin):
     if hasattr(admin, "ShowFacets"):  # Django 5.0+
         # Facet counts ("Show counts") would COUNT the table once per filter choice.
         show_facets = admin.ShowFacets.NEVER
-    paginator = stats.EstimatedCountPaginator
+    paginator = monitoring.EstimatedCountPaginator
     list_per_page = 50
     actions = ("replay", "discard")
     fieldsets = (
@@ -221,19 +220,15 @@ class EventAdmin(admin.ModelAdmin):
         outbox_event_key."""
         if obj.ordering_key is None:
             return _("unordered")
-        same_key = Event.objects.using(obj._state.db).filter(
-            receiver=obj.receiver,
-            ordering_key=obj.ordering_key,
-            status__in=[S.PENDING, S.RUNNING, S.FAILED],
-        )
-        if obj.status == S.FAILED:
-            waiting = same_key.filter(id__gt=obj.id, status=S.PENDING).count()
+        same_key = Event.objects.using(obj._state.db).of_key(obj.receiver, obj.ordering_key)
+        if obj.status == Event.Status.FAILED:
+            waiting = same_key.filter(id__gt=obj.id).pending().count()
             return _(
                 "Blocks its key: the %(n)d later event(s) of this receiver and key wait until this one "
                 "is replayed or discarded."
             ) % {"n": waiting}
         earlier = same_key.filter(id__lt=obj.id).order_by("id").values_list("id", "status").first()
-        if obj.status == S.PENDING and earlier is not None:
+        if obj.status == Event.Status.PENDING and earlier is not None:
             return _("Waits for event #%(id)d (%(status)s), the earlier event of its key.") % {
                 "id": earlier[0],
                 "status": earlier[1],
@@ -258,7 +253,7 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("next attempt"))
     def next_attempt(self, obj: Event) -> str:
-        if obj.status != S.PENDING or _key_state(obj) == "blocked":
+        if obj.status != Event.Status.PENDING or _key_state(obj) == "blocked":
             return "-"  # a parked event's available_at is a marker, not a time
         return _when(time_of(obj, "available_at"))
 
@@ -366,13 +361,13 @@ class EventAdmin(admin.ModelAdmin):
             if any(name and name not in allowed for name in request.POST.getlist("action")):
                 raise PermissionDenied
         # A callable: the template computes it only when it renders the list, not for actions.
-        extra_context = {**(extra_context or {}), "outbox_summary": stats.summary}
+        extra_context = {**(extra_context or {}), "outbox_summary": monitoring.summary}
         return super().changelist_view(request, extra_context)
 
     # --- actions ------------------------------------------------------------------------
 
     @admin.action(description=_("Replay selected events"), permissions=["replay"])
-    def replay(self, request: HttpRequest, queryset: QuerySet[Event]) -> HttpResponse | None:
+    def replay(self, request: HttpRequest, queryset: EventQuerySet) -> HttpResponse | None:
         if not self.has_replay_permission(request):
             raise PermissionDenied
         hidden = [
@@ -384,12 +379,12 @@ class EventAdmin(admin.ModelAdmin):
         return self._replay(request, queryset, hidden, cancel_url=request.get_full_path())
 
     @admin.action(description=_("Discard selected events"), permissions=["discard"])
-    def discard(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+    def discard(self, request: HttpRequest, queryset: EventQuerySet) -> None:
         if not self.has_discard_permission(request):
             raise PermissionDenied
         self._discard(request, queryset)
 
-    def _discard(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+    def _discard(self, request: HttpRequest, queryset: EventQuerySet) -> None:
         logged = admin_log.select(queryset, operations.DISCARDABLE)
         result = operations.discard(queryset)
         self._log(request, logged, result, _("Discarded"))
@@ -413,12 +408,12 @@ class EventAdmin(admin.ModelAdmin):
         )
 
     def _replay(
-        self, request: HttpRequest, queryset: QuerySet[Event], hidden: list[tuple[str, Any]], cancel_url: str
+        self, request: HttpRequest, queryset: EventQuerySet, hidden: list[tuple[str, Any]], cancel_url: str
     ) -> HttpResponse | None:
         """Replay, asking first when done events are among them: that runs receivers again."""
         include_done = request.POST.get("include_done")
         if include_done is None:
-            done = queryset.filter(status=S.DONE).order_by().count()
+            done = queryset.done().order_by().count()
             if done:
                 context = {
                     **self.admin_site.each_context(request),
@@ -482,13 +477,13 @@ class EventAdmin(admin.ModelAdmin):
         obj: Event | None = None,
     ) -> HttpResponse:
         if obj is not None:
-            context["can_replay"] = self.has_replay_permission(request) and obj.status != S.RUNNING
+            context["can_replay"] = self.has_replay_permission(request) and obj.status != Event.Status.RUNNING
             context["can_discard"] = (
                 self.has_discard_permission(request) and obj.status in operations.DISCARDABLE
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
-    def _one(self, request: HttpRequest, object_id: str) -> QuerySet[Event]:
+    def _one(self, request: HttpRequest, object_id: str) -> EventQuerySet:
         event = self.get_object(request, object_id)  # None for a malformed or unknown id
         if event is None:
             raise Http404

@@ -2,10 +2,131 @@
 
 from __future__ import annotations
 
+import datetime
+from typing import Any, Self
+
 from django.db import models
+from django.db.models import Count, Q
 from django.utils.translation import gettext_lazy as _
 
-__all__ = ["Event"]
+from . import queries
+
+__all__ = ["Event", "EventQuerySet"]
+
+
+class EventQuerySet(models.QuerySet["Event"]):
+    """``Event.objects``: events selected by what operators, monitors and the admin ask of
+    them, and counted per status in one ``GROUP BY``.
+
+    The methods chain with each other and with ``filter()``, as any queryset's do::
+
+        Event.objects.failed().filter(receiver="myapp.receivers.send_email").count()
+        Event.objects.using("outbox").unfinished().count_by_status()
+
+    Each filter is spelled as the condition of the partial index that serves it (see
+    ``Event.Meta.indexes``), because SQLite uses a partial index only when the query's
+    ``WHERE`` holds the index's condition term by term; PostgreSQL is less particular.
+    (SQLite matches ``status = %s`` with its bound value, but not a bound ``IN`` list: there
+    :meth:`unfinished`, :meth:`due`, :meth:`parked`, :meth:`keyed` and :meth:`of_key` read
+    the table; tests/test_queryset.py says so.)
+    """
+
+    def with_status(self, *statuses: str) -> Self:
+        """Events in any of ``statuses``: ``status = %s`` for one (SQLite matches the
+        partial indexes' terms with it, not with a one-value ``IN``), ``IN`` for more."""
+        if len(statuses) == 1:
+            return self.filter(status=statuses[0])
+        return self.filter(status__in=statuses)
+
+    def pending(self) -> Self:
+        """Events waiting for an attempt, due or not (``outbox_event_due``)."""
+        return self.with_status(Event.Status.PENDING)
+
+    def running(self) -> Self:
+        """Events a worker claimed, its lease live or expired (``outbox_event_due``)."""
+        return self.with_status(Event.Status.RUNNING)
+
+    def done(self) -> Self:
+        """Events whose receiver returned (``outbox_event_finished``)."""
+        return self.with_status(Event.Status.DONE)
+
+    def failed(self) -> Self:
+        """Events out of attempts, or failed for good, until replayed or discarded
+        (``outbox_event_finished``)."""
+        return self.with_status(Event.Status.FAILED)
+
+    def discarded(self) -> Self:
+        """Events an operator discarded: they never run (``outbox_event_finished``)."""
+        return self.with_status(Event.Status.DISCARDED)
+
+    def unfinished(self) -> Self:
+        """Pending and running events: the rows of ``outbox_event_due`` (and of
+        ``outbox_event_queue_due``), few in a healthy outbox."""
+        return self.filter(status__in=[Event.Status.PENDING, Event.Status.RUNNING])
+
+    def finished(self) -> Self:
+        """Done, failed and discarded events: the rows of ``outbox_event_finished``, its
+        condition spelled as ORs as the index spells it."""
+        return self.filter(
+            Q(status=Event.Status.DONE) | Q(status=Event.Status.FAILED) | Q(status=Event.Status.DISCARDED)
+        )
+
+    def due(self, now: datetime.datetime | None = None) -> Self:
+        """What a worker would claim at ``now``: pending events whose time has come and
+        running ones whose lease expired, in ``outbox_event_due``'s (available_at, id) order.
+
+        ``now`` defaults to the clock workers claim by (the database's on PostgreSQL)."""
+        now = queries.database_now(self.db) if now is None else now
+        return self.unfinished().filter(available_at__lte=now)
+
+    def parked(self) -> Self:
+        """Events parked behind a failed event of their ordering key: the last range of
+        ``outbox_event_due``, until it is replayed, discarded or pruned."""
+        return self.unfinished().filter(available_at__gte=queries.parked())
+
+    def overdue(self) -> Self:
+        """Running events whose sync receiver is past its timeout and still runs in a
+        worker thread (failed, held until the thread returns: see ``outbox.concurrent``)."""
+        return self.unfinished().filter(status=Event.Status.RUNNING, worker__endswith=queries.OVERDUE_MARK)
+
+    def keyed(self) -> Self:
+        """Events of an ordering key that still hold it or wait their turn (pending,
+        running or failed): the rows of ``outbox_event_key``, its condition spelled out."""
+        return self.filter(
+            ordering_key__isnull=False,
+            status__in=[Event.Status.PENDING, Event.Status.RUNNING, Event.Status.FAILED],
+        )
+
+    def of_key(self, receiver: str, key: str) -> Self:
+        """The events of one receiver and ordering key that still hold it or wait their turn,
+        through ``outbox_event_key`` in id order."""
+        return self.filter(
+            receiver=receiver,
+            ordering_key=key,
+            status__in=[Event.Status.PENDING, Event.Status.RUNNING, Event.Status.FAILED],
+        )
+
+    def in_queues(self, *queues: str) -> Self:
+        """Events of any of ``queues`` (``run_outbox --queue``): ``queue = %s`` for one."""
+        if len(queues) == 1:
+            return self.filter(queue=queues[0])
+        return self.filter(queue__in=queues)
+
+    def count_by(self, *columns: str) -> dict[tuple[Any, ...], int]:
+        """How many events there are per value of ``columns`` (fields or annotations): one
+        ``GROUP BY``, keyed by the tuple of values, groups with no event left out.
+
+        The queryset's ordering is dropped: ordered, every row would be a group of its own."""
+        counts: dict[tuple[Any, ...], int] = {}
+        for *values, n in self.order_by().values_list(*columns).annotate(n=Count("pk")):
+            # Summed, not assigned: two groups apart in SQL may be one value in Python.
+            counts[tuple(values)] = counts.get(tuple(values), 0) + n
+        return counts
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many events there are per status (one ``GROUP BY``), statuses with none left
+        out."""
+        return {status: n for (status,), n in self.count_by("status").items()}
 
 
 class Event(models.Model):
@@ -64,6 +185,8 @@ class Event(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_traceback = models.TextField(blank=True)
+
+    objects = EventQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("outbox event")

@@ -11,18 +11,17 @@ import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Q
 
 from . import queries
-from .models import Event
+from .models import Event, EventQuerySet
 
 __all__ = ["ActionResult", "discard", "replay", "replayable", "select_events"]
 
-S = Event.Status
 #: Events in these states may be replayed without confirmation.
-REPLAYABLE = (S.FAILED, S.DISCARDED, S.PENDING)
+REPLAYABLE = (Event.Status.FAILED, Event.Status.DISCARDED, Event.Status.PENDING)
 #: Events in these states may be discarded: anything not running and not yet done.
-DISCARDABLE = (S.PENDING, S.FAILED)
+DISCARDABLE = (Event.Status.PENDING, Event.Status.FAILED)
 
 
 @dataclass
@@ -44,16 +43,15 @@ class ActionResult:
         return text + (f"; refused {refused}" if refused else "")
 
 
-def _by_status(queryset: QuerySet[Event], allowed: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+def _by_status(queryset: EventQuerySet, allowed: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
     """One GROUP BY: (allowed events by status, refused events by status)."""
-    rows = queryset.order_by().values("status").annotate(n=Count("pk"))
-    counts = {row["status"]: row["n"] for row in rows}
+    counts = queryset.count_by_status()
     selected = {status: n for status, n in counts.items() if status in allowed}
     return selected, {status: n for status, n in counts.items() if status not in allowed}
 
 
 def select_events(
-    queryset: QuerySet[Event] | None = None,
+    queryset: EventQuerySet | None = None,
     *,
     receivers: Iterable[str] = (),
     signals: Iterable[str] = (),
@@ -61,7 +59,7 @@ def select_events(
     statuses: Iterable[str] = (),
     ids: Iterable[tuple[int, int]] = (),
     since: datetime.datetime | None = None,
-) -> QuerySet[Event]:
+) -> EventQuerySet:
     """Events matching every given filter; within one filter, any of its values.
 
     ``receivers`` and ``signals`` are dotted paths, ``queues`` queue names, ``ids``
@@ -77,12 +75,10 @@ def select_events(
     if signals:
         queryset = queryset.filter(signal__in=signals)
     if queues:
-        queryset = queryset.filter(queue__in=queues)
-    if len(statuses) == 1:
-        # ``=`` rather than a one-value IN: SQLite matches partial indexes term by term.
-        queryset = queryset.filter(status=statuses[0])
-    elif statuses:
-        queryset = queryset.filter(status__in=statuses)
+        queryset = queryset.in_queues(*queues)
+    if statuses:
+        # ``=`` for one: SQLite matches partial indexes term by term (see with_status()).
+        queryset = queryset.with_status(*statuses)
     if ids:
         ranges = Q()
         for first, last in ids:
@@ -95,10 +91,10 @@ def select_events(
 
 def replayable(*, include_done: bool = False) -> tuple[str, ...]:
     """The statuses :func:`replay` changes: with ``include_done``, ``done`` too."""
-    return (*REPLAYABLE, S.DONE) if include_done else REPLAYABLE
+    return (*REPLAYABLE, Event.Status.DONE) if include_done else REPLAYABLE
 
 
-def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bool = False) -> ActionResult:
+def replay(queryset: EventQuerySet, *, include_done: bool = False, dry_run: bool = False) -> ActionResult:
     """Make events due now, with their attempts reset; the last error is kept for reference.
 
     Events that are ``running`` are refused (their worker still holds them); ``done``
@@ -110,10 +106,10 @@ def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bo
     if dry_run:
         return ActionResult(sum(selected.values()), refused, selected, dry_run=True)
     changed = (
-        queryset.filter(status__in=allowed)
+        queryset.with_status(*allowed)
         .order_by()
         .update(
-            status=S.PENDING,
+            status=Event.Status.PENDING,
             attempts=0,
             # Due by the clock the worker claims with (the database's on PostgreSQL).
             available_at=queries.database_now(queryset.db),
@@ -128,7 +124,7 @@ def replay(queryset: QuerySet[Event], *, include_done: bool = False, dry_run: bo
     return ActionResult(changed, refused, selected)
 
 
-def discard(queryset: QuerySet[Event], *, dry_run: bool = False) -> ActionResult:
+def discard(queryset: EventQuerySet, *, dry_run: bool = False) -> ActionResult:
     """Mark pending or failed events ``discarded``: they will never run.
 
     With ``dry_run``, only counts what would change.
@@ -137,9 +133,11 @@ def discard(queryset: QuerySet[Event], *, dry_run: bool = False) -> ActionResult
     if dry_run:
         return ActionResult(sum(selected.values()), refused, selected, dry_run=True)
     changed = (
-        queryset.filter(status__in=DISCARDABLE)
+        queryset.with_status(*DISCARDABLE)
         .order_by()
-        .update(status=S.DISCARDED, lease_token=None, finished_at=queries.database_now(queryset.db))
+        .update(
+            status=Event.Status.DISCARDED, lease_token=None, finished_at=queries.database_now(queryset.db)
+        )
     )
     queries.unpark(queryset.db)  # a discarded failed event no longer blocks its key
     return ActionResult(changed, refused, selected)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Q
+from django.db.models import Q
 
 from . import queries
 from .conf import settings
@@ -59,14 +59,8 @@ def count_prunable(
 ) -> dict[str, int]:
     """How many events :func:`prune` would delete now, by status (one counting query)."""
     before = queries.database_now(database) - older_than
-    rows = (
-        Event.objects.using(database)
-        .filter(status__in=_statuses(statuses), finished_at__lt=before)
-        .order_by()
-        .values("status")
-        .annotate(n=Count("pk"))
-    )
-    return {row["status"]: row["n"] for row in rows}
+    old = Event.objects.using(database).filter(status__in=_statuses(statuses), finished_at__lt=before)
+    return old.count_by_status()
 
 
 def prune(

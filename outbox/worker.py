@@ -24,7 +24,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import claims, limits, planner_statistics, pruning, routing, status
+from . import claims, limits, monitoring, planner_statistics, pruning, routing
 from .checks import unapplied_migrations
 from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
@@ -51,7 +51,7 @@ _SETTLE_MAX = 0.1
 _FULL_CLAIM_EVERY = 1.0
 
 # Seconds between a PostgreSQL worker's looks at the table's dead rows and at the oldest
-# transaction holding the xmin horizon (outbox.status.attention), logged as warnings.
+# transaction holding the xmin horizon (outbox.monitoring.attention), logged as warnings.
 _ATTENTION_INTERVAL = 60.0
 
 # Seconds between a PostgreSQL worker's looks at the freshness of the table's planner
@@ -317,7 +317,7 @@ class Worker:
         if connections[self.database].vendor != "postgresql":
             return
         try:
-            notes = status.table_attention(self.database)
+            notes = monitoring.table_attention(self.database)
         except DatabaseError as exc:
             if isinstance(exc, _CONNECTION_ERRORS):
                 raise

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from outbox import admin_log, stats
+from outbox import admin_log, monitoring
 from outbox.models import Event
 from outbox.serialization import encode_payload
 from tests.conftest import postgres_only
@@ -392,11 +392,11 @@ def test_large_counts_are_estimated_on_postgresql_and_small_ones_exact(monkeypat
     make_events(300)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE outbox_event")
-    assert stats.count(Event.objects.all()) == (300, False)
-    monkeypatch.setattr(stats, "ESTIMATE_ABOVE", 100)
-    n, estimated = stats.count(Event.objects.all())
+    assert monitoring.count(Event.objects.all()) == (300, False)
+    monkeypatch.setattr(monitoring, "ESTIMATE_ABOVE", 100)
+    n, estimated = monitoring.count(Event.objects.all())
     assert estimated and 200 <= n <= 400
-    assert stats.count(Event.objects.filter(status=S.DONE)) == (0, False)
+    assert monitoring.count(Event.objects.filter(status=S.DONE)) == (0, False)
 
 
 @postgres_only
@@ -405,7 +405,7 @@ def test_the_changelist_marks_estimated_counts_on_a_big_table(operator, monkeypa
     make_events(3)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE outbox_event")
-    monkeypatch.setattr(stats, "ESTIMATE_ABOVE", 100)
+    monkeypatch.setattr(monitoring, "ESTIMATE_ABOVE", 100)
     page = operator.get(CHANGELIST)
     summary = page.context["outbox_summary"]()
     assert summary.estimated == {"done"} and summary.counts["failed"] == 3

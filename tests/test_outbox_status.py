@@ -15,9 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from outbox.models import Event
+from outbox.monitoring import collect
 from outbox.operations import replay, select_events
 from outbox.pruning import prune
-from outbox.status import collect
 from tests.conftest import ROOT, postgres_only, worker_env
 from tests.operating import FLAKY, done, failed, finished_ago, ping, run
 
@@ -181,7 +181,7 @@ def _finish_unvacuumably(count: int) -> None:
 
 @postgres_only
 def test_names_the_transaction_that_holds_back_vacuum_and_the_dead_rows_it_keeps(held_snapshot, monkeypatch):
-    from outbox import status as status_module
+    from outbox import monitoring
     from tests.conftest import wait_for
 
     _finish_unvacuumably(30)
@@ -191,8 +191,8 @@ def test_names_the_transaction_that_holds_back_vacuum_and_the_dead_rows_it_keeps
     assert report["table"]["horizon"]["pid"] == held_snapshot
     assert report["table"]["horizon"]["xmin_age"] >= 2  # the two transactions since it began
     assert report["attention"] == []  # under the thresholds
-    monkeypatch.setattr(status_module, "DEAD_ROWS_WARNING", 10)
-    monkeypatch.setattr(status_module, "HORIZON_WARNING_SECONDS", -1.0)
+    monkeypatch.setattr(monitoring, "DEAD_ROWS_WARNING", 10)
+    monkeypatch.setattr(monitoring, "HORIZON_WARNING_SECONDS", -1.0)
     notes = status()["attention"]
     assert [note.split(" ")[:2] for note in notes] == [["outbox_event", "holds"], ["a", "transaction"]]
     assert f"pid {held_snapshot}" in notes[1]
@@ -203,11 +203,11 @@ def test_names_the_transaction_that_holds_back_vacuum_and_the_dead_rows_it_keeps
 def test_a_worker_warns_while_a_transaction_keeps_vacuum_from_cleaning(held_snapshot, monkeypatch, caplog):
     import threading
 
-    from outbox import status as status_module
+    from outbox import monitoring
     from outbox.worker import Worker
     from tests.conftest import wait_for
 
-    monkeypatch.setattr(status_module, "HORIZON_WARNING_SECONDS", -1.0)
+    monkeypatch.setattr(monitoring, "HORIZON_WARNING_SECONDS", -1.0)
     worker = Worker(listen=False, poll_interval=0.05)
     thread = threading.Thread(target=worker.run)
     with caplog.at_level("WARNING", logger="outbox"):

@@ -5,7 +5,7 @@ Every query reads the events table through a partial index, never the whole tabl
 - finished events (throughput, commit-to-start latency, receiver durations and failures,
   and the finished half of the backlog): ``outbox_event_finished`` (status, finished_at,
   id), one range per status from the start of the window. The filter spells the index's
-  condition exactly (:data:`FINISHED`), so that SQLite can use the partial index too.
+  condition exactly (``EventQuerySet.finished()``), so that SQLite can use the partial index too.
 - unfinished events (the other half of the backlog): ``outbox_event_due``, or
   ``outbox_event_queue_due`` for one queue; their number is the backlog itself.
 
@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 
 from django.db.models import (
     Case,
-    Count,
     DateTimeField,
     DurationField,
     Expression,
     ExpressionWrapper,
     F,
-    Q,
     Value,
     When,
 )
@@ -41,7 +39,6 @@ from ..models import Event
 
 __all__ = [
     "BOUNDS",
-    "FINISHED",
     "WINDOWS",
     "Figures",
     "Receiver",
@@ -50,7 +47,6 @@ __all__ = [
     "quantile",
 ]
 
-S = Event.Status
 _UTC = datetime.timezone.utc
 
 
@@ -72,9 +68,6 @@ WINDOWS = {
 
 #: Upper bounds (seconds) of the latency and duration buckets; the last bucket is unbounded.
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-
-#: The condition of ``outbox_event_finished``, spelled as the index spells it.
-FINISHED = Q(status=S.DONE) | Q(status=S.FAILED) | Q(status=S.DISCARDED)
 
 
 @dataclass
@@ -191,10 +184,10 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
     starts = [since + window.step * i for i in range(window.buckets)]
     events = Event.objects.using(using).order_by()
     if queue is not None:
-        events = events.filter(queue=queue)
-    # FINISHED first, alone as a term, and the window's start: outbox_event_finished.
-    finished = events.filter(FINISHED, finished_at__gte=since)
-    ran = finished.filter(status__in=[S.DONE, S.FAILED])
+        events = events.in_queues(queue)
+    # The index's condition, alone as a term, and the window's start: outbox_event_finished.
+    finished = events.finished().filter(finished_at__gte=since)
+    ran = finished.with_status(Event.Status.DONE, Event.Status.FAILED)
 
     def index(when: datetime.datetime | None) -> int:
         if when is None:
@@ -223,19 +216,18 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
             c=from_bucket,
             lat=Case(When(started_at=None, then=Value(-1)), default=_bucket_of(F("span"))),
         )
-        .values("at", "c", "status", "lat")
-        .annotate(n=Count("pk"))
+        .count_by("at", "c", "status", "lat")
     )
-    for row in rows:
-        i, c, n = index(row["at"]), index(row["c"]), row["n"]
+    for (at, created, status, lat), n in rows.items():
+        i, c = index(at), index(created)
         if c < i:  # came in an earlier bucket: waiting at the ends of buckets c to i - 1
             arrived[c] += n
             arrived[i] -= n
-        if row["status"] == S.DISCARDED:
+        if status == Event.Status.DISCARDED:
             continue
-        (done if row["status"] == S.DONE else failed)[i] += n
-        if row["lat"] >= 0:
-            latency[i][row["lat"]] += n
+        (done if status == Event.Status.DONE else failed)[i] += n
+        if lat >= 0:
+            latency[i][lat] += n
     overall = [sum(column) for column in zip(*latency, strict=True)]
 
     # 2. Receivers: finished events and durations per receiver.
@@ -243,27 +235,21 @@ def figures(window: Window, queue: str | None = None, *, using: str = "default")
     per_receiver = (
         ran.alias(span=_span("finished_at", "started_at"))
         .annotate(took=Case(When(started_at=None, then=Value(-1)), default=_bucket_of(F("span"))))
-        .values("receiver", "status", "took")
-        .annotate(n=Count("pk"))
+        .count_by("receiver", "status", "took")
     )
-    for group in per_receiver:
-        receiver = by_name.setdefault(group["receiver"], Receiver(group["receiver"]))
-        if group["status"] == S.DONE:
-            receiver.done += group["n"]
+    for (name, status, took), n in per_receiver.items():
+        receiver = by_name.setdefault(name, Receiver(name))
+        if status == Event.Status.DONE:
+            receiver.done += n
         else:
-            receiver.failed += group["n"]
-        if group["took"] >= 0:
-            receiver.durations[group["took"]] += group["n"]
+            receiver.failed += n
+        if took >= 0:
+            receiver.durations[took] += n
 
     # 3. The waiting half of the backlog: events pending or running now, by arrival.
-    waiting = (
-        events.filter(status__in=[S.PENDING, S.RUNNING])
-        .annotate(c=from_bucket)
-        .values("c")
-        .annotate(n=Count("pk"))
-    )
-    for arrival in waiting:
-        arrived[index(arrival["c"])] += arrival["n"]
+    waiting = events.unfinished().annotate(c=from_bucket).count_by("c")
+    for (created,), n in waiting.items():
+        arrived[index(created)] += n
     backlog, level = [], 0
     for i in range(window.buckets):
         level += arrived[i]

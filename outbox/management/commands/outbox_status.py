@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from outbox.management import arguments
-from outbox.status import Report, Thresholds, attention, collect
+from outbox.monitoring import Report, Thresholds, attention, collect
 
 #: Exit status when a threshold was passed (1 and 2 are taken by errors and usage).
 UNHEALTHY = 3

@@ -1,7 +1,8 @@
-"""The state of an outbox, as ``manage.py outbox_status`` reports it to people and monitors.
+"""What an operator sees of an outbox: ``manage.py outbox_status``'s report and the admin's counts.
 
 Every query here is meant to stay cheap on a table of many millions of rows, which
-means not counting ``done`` events unless asked:
+means not counting ``done`` events unless asked (the selections are
+:class:`~outbox.models.EventQuerySet`'s, each spelled as its partial index's condition):
 
 - lag (the age of the oldest due event) reads one entry of the partial index
   ``outbox_event_due``; the due count and the pending/running counts read only that
@@ -15,35 +16,56 @@ means not counting ``done`` events unless asked:
 - the overdue count (receivers past their timeout, still running in a worker thread) reads
   running rows only, through the same index;
 - on PostgreSQL, the table's size and vacuum state come from the statistics views.
+
+The admin shows every count on every page view, so an exact ``COUNT(*)`` of millions of
+events would take longer than the rest of the page. On PostgreSQL a count the planner
+expects to exceed :data:`ESTIMATE_ABOVE` rows is answered with the planner's estimate
+instead (from ``pg_class.reltuples`` and the column statistics that autovacuum keeps, see
+migration 0002), marked as estimated. Small counts, and every count on other databases,
+are exact.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Count, Q
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+from django.utils.functional import cached_property
 
 from . import queries
-from .models import Event
+from .models import Event, EventQuerySet
 from .readable import earliest
 
 __all__ = [
     "DEAD_ROWS_WARNING",
+    "ESTIMATE_ABOVE",
     "HORIZON_WARNING_SECONDS",
     "RATE_WINDOWS",
+    "EstimatedCountPaginator",
     "Report",
+    "Summary",
     "Thresholds",
     "attention",
     "collect",
+    "count",
+    "summary",
     "table_attention",
 ]
 
-S = Event.Status
 #: Minutes over which the rate of done events is reported.
 RATE_WINDOWS = (1, 5, 15)
+#: Counts the planner expects to be larger than this are estimated on PostgreSQL.
+ESTIMATE_ABOVE = 10_000
+
+
+# --- manage.py outbox_status ----------------------------------------------------------------
 
 
 @dataclass
@@ -112,16 +134,14 @@ class Report:
 
 
 def _counts(
-    queryset: Any, by_status: dict[str, int | None], *groups: tuple[str, dict[str, dict[str, int]]]
+    queryset: EventQuerySet, by_status: dict[str, int | None], *groups: tuple[str, dict[str, dict[str, int]]]
 ) -> None:
     """Add the counts of one GROUP BY (status and each group's column) to the tallies."""
     columns = [column for column, _ in groups]
-    rows = queryset.order_by().values("status", *columns).annotate(n=Count("pk"))
-    for row in rows:
-        status, n = row["status"], row["n"]
+    for (status, *values), n in queryset.count_by("status", *columns).items():
         by_status[status] = (by_status[status] or 0) + n
-        for column, tally in groups:
-            counts = tally.setdefault(row[column], {})
+        for value, (_, tally) in zip(values, groups, strict=True):
+            counts = tally.setdefault(value, {})
             counts[status] = counts.get(status, 0) + n
 
 
@@ -211,15 +231,14 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
     # The clock that wrote available_at and finished_at: a skewed machine reports true lag.
     now = queries.database_now(database)
     events = Event.objects.using(database)
-    active = events.filter(status__in=[S.PENDING, S.RUNNING])
-    due = active.filter(available_at__lte=now)
+    due = events.due(now)
     # '-infinity' (PostgreSQL) is read as text, not as a DataError that stops the report.
     oldest, oldest_text = earliest(due, "available_at")
     if oldest_text:
         # Due before year 1: count its wait from there, a lag beyond any threshold.
         oldest = datetime.datetime.min.replace(tzinfo=now.tzinfo)
 
-    by_status: dict[str, int | None] = dict.fromkeys(S.values, 0)
+    by_status: dict[str, int | None] = dict.fromkeys(Event.Status.values, 0)
     by_receiver: dict[str, dict[str, int]] = {}
     by_queue: dict[str, dict[str, int]] = {}
     groups = (("receiver", by_receiver), ("queue", by_queue))
@@ -227,23 +246,22 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
         # Counting every row: one sequential scan is the cheapest way there is.
         _counts(events, by_status, *groups)
     else:
-        by_status[S.DONE] = None
-        _counts(active, by_status, *groups)
+        by_status[Event.Status.DONE] = None
+        _counts(events.unfinished(), by_status, *groups)
         # One query per status: ``status = %s`` lets SQLite use the partial index too.
-        for status in (S.FAILED, S.DISCARDED):
-            _counts(events.filter(status=status), by_status, *groups)
+        _counts(events.failed(), by_status, *groups)
+        _counts(events.discarded(), by_status, *groups)
     # Through outbox_event_key: its own condition spelled out, which SQLite matches term by term.
-    keyed = events.filter(ordering_key__isnull=False, status__in=[S.PENDING, S.RUNNING, S.FAILED])
-    blocked_keys = keyed.filter(status=S.FAILED).values("receiver", "ordering_key").distinct().count()
+    blocked_keys = events.keyed().failed().values("receiver", "ordering_key").distinct().count()
     # Parked events are the last range of outbox_event_due (spelled as its condition, for SQLite).
-    blocked_events = active.filter(available_at__gte=queries.parked()).count()
+    blocked_events = events.parked().count()
 
     windows = {
         f"m{minutes}": Count("pk", filter=Q(finished_at__gte=now - datetime.timedelta(minutes=minutes)))
         for minutes in RATE_WINDOWS
     }
     since = now - datetime.timedelta(minutes=max(RATE_WINDOWS))
-    done = events.filter(status=S.DONE, finished_at__gte=since).aggregate(**windows)
+    done = events.filter(status=Event.Status.DONE, finished_at__gte=since).aggregate(**windows)
 
     report = Report(
         database=database,
@@ -259,7 +277,7 @@ def collect(database: str, *, thresholds: Thresholds | None = None, count_done: 
         blocked_events=blocked_events,
         done_in_last_minutes={minutes: done[f"m{minutes}"] for minutes in RATE_WINDOWS},
         table=_table_stats(database),
-        overdue=active.filter(status=S.RUNNING, worker__endswith=queries.OVERDUE_MARK).count(),
+        overdue=events.overdue().count(),
     )
     if thresholds:
         report.problems = _problems(report, thresholds)
@@ -270,9 +288,90 @@ def _problems(report: Report, limits: Thresholds) -> list[str]:
     problems = []
     if limits.max_lag is not None and report.lag_seconds > limits.max_lag:
         problems.append(f"lag {report.lag_seconds:.1f}s is over --max-lag {limits.max_lag:g}s")
-    failed = report.by_status[S.FAILED] or 0
+    failed = report.by_status[Event.Status.FAILED] or 0
     if limits.max_failed is not None and failed > limits.max_failed:
         problems.append(f"{failed} failed events is over --max-failed {limits.max_failed}")
     if limits.max_due is not None and report.due > limits.max_due:
         problems.append(f"{report.due} due events is over --max-due {limits.max_due}")
     return problems
+
+
+# --- the admin's counts ----------------------------------------------------------------------
+
+
+def count(queryset: QuerySet[Any]) -> tuple[int, bool]:
+    """Return ``(n, estimated)``: the planner's estimate if large on PostgreSQL, else exact."""
+    queryset = queryset.order_by()
+    connection = connections[queryset.db]
+    if connection.vendor == "postgresql":
+        estimate = _planner_rows(connection, queryset)
+        if estimate > ESTIMATE_ABOVE:
+            return estimate, True
+    return queryset.count(), False
+
+
+class EstimatedCountPaginator(Paginator):
+    """The admin's paginator: counts with :func:`count`, so estimated on PostgreSQL when large."""
+
+    estimated = False
+
+    @cached_property
+    def count(self) -> int:
+        n, self.estimated = count(cast("QuerySet[Any]", self.object_list))  # the admin's querysets
+        return n
+
+
+def _planner_rows(connection: BaseDatabaseWrapper, queryset: QuerySet[Any]) -> int:
+    # With no filter the planner scales pg_class.reltuples to the table's current size;
+    # with filters it applies the columns' statistics. Planning reads no rows.
+    sql, params = queryset.values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        plan = cursor.fetchone()[0]
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+@dataclass
+class Summary:
+    """Events per status (``estimated`` names the approximate ones) and the backlog's age."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    estimated: set[str] = field(default_factory=set)
+    oldest_due: datetime.datetime | None = None
+    #: The database's text of the oldest due time when Python cannot hold it (``-infinity``).
+    oldest_due_text: str = ""
+
+    #: When the summary was read, by the clock of due times (the database's on PostgreSQL).
+    now: datetime.datetime | None = None
+
+    @property
+    def oldest_due_age(self) -> datetime.timedelta | None:
+        """How long the longest-waiting due event has been waiting."""
+        if self.oldest_due is None:
+            return None
+        return max((self.now or timezone.now()) - self.oldest_due, datetime.timedelta())
+
+
+def summary(queryset: EventQuerySet | None = None) -> Summary:
+    """Counts per status and the oldest due event, in a constant number of queries.
+
+    Pending and running events are counted exactly, through the partial index
+    ``outbox_event_due``; finished ones (done, failed, discarded) by :func:`count`, through
+    ``outbox_event_finished``, so a million done events are estimated, not scanned.
+    """
+    events = (Event.objects.all() if queryset is None else queryset).order_by()
+    result = Summary(counts=dict.fromkeys(Event.Status.values, 0))
+    result.counts.update(events.unfinished().count_by_status())
+    for status in (Event.Status.FAILED, Event.Status.DONE, Event.Status.DISCARDED):
+        n, estimated = count(events.with_status(status))
+        result.counts[status] = n
+        if estimated:
+            result.estimated.add(status)
+    # Due: what a worker would claim now, by the clock it claims with (the database's on
+    # PostgreSQL). Served by outbox_event_due in (available_at, id) order. Read so that
+    # '-infinity' (PostgreSQL) is text, not a DataError that breaks the page.
+    result.now = queries.database_now(events.db)
+    result.oldest_due, result.oldest_due_text = earliest(events.due(result.now), "available_at")
+    return result
