@@ -33,6 +33,7 @@ from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from . import wakeup
 from .conf import settings
 
 __all__ = [
@@ -351,16 +352,6 @@ def _read_datetime(value: Any) -> datetime.datetime | None:
     return value
 
 
-def _notified_marker() -> None:
-    """Registered with on_commit once per transaction whose first event has decided whether
-    to NOTIFY (and taken the "sending" lock: see "waking workers" below).
-
-    Its presence in ``connection.run_on_commit`` says "this transaction has decided";
-    Django drops it when a savepoint that registered it rolls back, as PostgreSQL drops
-    that savepoint's NOTIFY, so the next send decides again.
-    """
-
-
 def _adapt(connection: BaseDatabaseWrapper, value: datetime.datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
@@ -411,7 +402,7 @@ def insert_events(
 
     On PostgreSQL the first INSERT of a transaction also decides, in the same statement,
     whether to ``pg_notify``: at most one NOTIFY per transaction, none when no worker
-    waits for one, and no extra round trip. A keyed event whose key is blocked by a
+    waits for one, and no extra round trip (see :mod:`outbox.wakeup`). A keyed event whose key is blocked by a
     ``failed`` event is written parked (see :data:`PARKED`); a delayed one is due ``delay``
     seconds after the statement (its key's later events wait behind it, in id order); one
     with a dedupe key is skipped while a fresh row holds its key (:data:`DEDUPE_CONFLICT`).
@@ -447,16 +438,14 @@ def insert_events(
         with connection.cursor() as cursor:
             cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{conflict}", params)
         return
-    notify = not (
-        connection.in_atomic_block and any(entry[1] is _notified_marker for entry in connection.run_on_commit)
-    )
+    notify = wakeup.first_send(connection)
     with connection.cursor() as cursor:
         statement = _postgresql_insert(
             cursor.cursor.connection, signal, receivers, payload, notify, trace_context
         )
         cursor.execute(statement + conflict)
-    if notify and connection.in_atomic_block:
-        connection.on_commit(_notified_marker)
+    if notify:
+        wakeup.decided(connection)
 
 
 def insert_event(
@@ -504,7 +493,7 @@ def _postgresql_insert(
     for receiver, max_attempts, queue, key, delay, dedupe in receivers:
         # last_error is ''. In the first row of a transaction's first INSERT, the expression
         # that decides whether to NOTIFY (and does) computes it: cheaper than a CTE.
-        last_error = _wake(pg) if notify and not rows else "''"
+        last_error = wakeup.notify_expression(pg) if notify and not rows else "''"
         head = _row_head(pg, signal, receiver, int(max_attempts))
         due = f"{_PG_NOW} + {float(delay)!r} * interval '1 second'" if delay else _PG_NOW
         if key is None:
@@ -587,62 +576,6 @@ def _row_head(pg: Any, signal: str, receiver: str, max_attempts: int) -> str:
             f"({_literal(pg, signal)}, {_literal(pg, receiver)}, 'pending', 0, {max_attempts}, '', '', "
         )
     return head
-
-
-# --- waking workers (PostgreSQL) ------------------------------------------------------
-#
-# NOTIFY is only a wake-up, and it is not free: PostgreSQL serializes the commits of all
-# notifying transactions on one lock, which costs concurrent senders. So a transaction
-# notifies only when a worker may be asleep waiting for it, and two advisory locks per
-# channel make that decision safe:
-#
-# - "waiting": a worker holds it in shared mode on its LISTEN connection from the moment
-#   it means to sleep until it finds work again (outbox.listener.Listener.arm/disarm).
-# - "sending": each transaction that writes events holds it in shared mode from its first
-#   event to its end (transaction-level, so PostgreSQL releases it at commit or rollback).
-#
-# A transaction's first event takes "sending", then tests "waiting" with a momentary
-# exclusive try-lock: if that fails, a worker waits, and the statement notifies. A worker
-# about to sleep takes "waiting", then tests "sending" the same way: if that fails, a
-# transaction that may have decided not to notify is still open, so the worker looks
-# again shortly instead of sleeping. Either the sender sees the worker waiting and
-# notifies, or the worker sees the sender and does not sleep through its commit.
-
-_WAITING, _SENDING = 0x6F627877, 0x6F627873  # advisory lock class ids: "obxw" and "obxs"
-
-
-def wake_locks(channel: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The ("waiting", "sending") advisory lock keys, as (class id, key), of ``channel``."""
-    key = zlib.crc32(channel.encode()) - 2**31  # a signed 32-bit integer
-    return (_WAITING, key), (_SENDING, key)
-
-
-def _wake(pg: Any) -> str:
-    """An expression worth ``''`` that NOTIFYs if a worker waits; CASE fixes the order in
-    which its lock functions run."""
-    channel = settings.NOTIFY_CHANNEL
-    expression = _wakes.get(channel)
-    if expression is None:
-        (wclass, key), (sclass, _) = wake_locks(channel)
-        expression = _wakes[channel] = (
-            f"CASE WHEN CASE WHEN NOT pg_try_advisory_xact_lock_shared({sclass}, {key}) THEN true "
-            f"WHEN pg_try_advisory_lock({wclass}, {key}) THEN NOT pg_advisory_unlock({wclass}, {key}) "
-            f"ELSE true END THEN pg_notify({_literal(pg, channel)}, '')::text ELSE '' END"
-        )
-    return expression
-
-
-_wakes: dict[str, str] = {}
-
-#: Run by a worker about to sleep (parameters: the "waiting" lock): true if it now holds it.
-ARM = "SELECT pg_try_advisory_lock_shared(%(class)s, %(key)s)"
-#: Run by a worker that found work (the "waiting" lock): senders may stop notifying it.
-DISARM = "SELECT pg_advisory_unlock_shared(%(class)s, %(key)s)"
-#: Run by a worker about to sleep, once it holds "waiting": true if no sender is in flight.
-NO_SENDER_IN_FLIGHT = (
-    "SELECT CASE WHEN pg_try_advisory_lock(%(class)s, %(key)s) "
-    "THEN pg_advisory_unlock(%(class)s, %(key)s) ELSE false END"
-)
 
 
 def _literal(pg: Any, value: str) -> str:
