@@ -36,16 +36,17 @@ from django.utils.dateparse import parse_datetime
 from . import wakeup
 from .conf import settings
 
+# What other modules import, and only that.
 __all__ = [
     "ASYNC_COMMIT_POSTGRESQL",
     "CLAIM_POSTGRESQL",
     "COMPLETE_POSTGRESQL",
-    "DEDUPE_CONFLICT",
-    "Claimed",
-    "HEAD_OF_KEY",
-    "HEAD_OF_KEY_POSTGRESQL",
-    "NewEvent",
+    "OVERDUE_MARK",
     "PARKED",
+    "PRUNABLE",
+    "TABLE",
+    "Claimed",
+    "NewEvent",
     "Position",
     "claim",
     "claim_after",
@@ -55,9 +56,9 @@ __all__ = [
     "extend_lease",
     "insert_event",
     "insert_events",
-    "key_lock",
     "mark_overdue",
     "parked",
+    "put_back",
     "record_failure",
     "release",
     "run_alone",
