@@ -631,7 +631,7 @@ def _postgresql_insert(
             f"{dedupe_value}{traced})"
         )
     if not locks:
-        return _sql(_INSERT_POSTGRESQL).format(trace_column=trace_column, rows=", ".join(rows))
+        return _insert_postgresql(trace_column) + ", ".join(rows)
     # Sorted, so two statements locking the same keys cannot deadlock each other.
     taken = ", ".join(f"pg_advisory_xact_lock({cls}, {key})" for cls, key in sorted(locks))
     return _sql(_ORDERED_INSERT).format(locks=taken, trace_column=trace_column, rows=", ".join(rows))
@@ -646,6 +646,19 @@ _INSERT_POSTGRESQL = (
     "last_error, payload, available_at, created_at, queue, ordering_key, dedupe_key{trace_column}) "
     "VALUES {rows}"
 )
+
+
+def _insert_postgresql(trace_column: str) -> str:
+    """_INSERT_POSTGRESQL up to its rows, which end it: built once, as the send path is hot."""
+    prefix = _insert_prefixes.get(trace_column)
+    if prefix is None:
+        prefix = _insert_prefixes[trace_column] = _sql(_INSERT_POSTGRESQL).format(
+            trace_column=trace_column, rows=""
+        )
+    return prefix
+
+
+_insert_prefixes: dict[str, str] = {}
 
 
 # Keyed events are written after their keys' advisory locks are taken, held to the end of
