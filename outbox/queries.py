@@ -1155,6 +1155,7 @@ def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetim
 
 
 def _prunable() -> tuple[str, ...]:
+    """PRUNABLE: the statuses of finished events, as the model has them."""
     return tuple(_names()[status] for status in ("done", "failed", "discarded"))
 
 
