@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
+import django
 import psycopg
 
 from bench.run import FULL, Bench, log
-from outbox.queries import CLAIM_POSTGRESQL
 
 _INSERT = (
     "INSERT INTO outbox_event (signal, receiver, payload, status, attempts, max_attempts, available_at, "
@@ -70,6 +71,8 @@ class Bloat(Bench):
             )
 
     def empty_claims(self, conn: psycopg.Connection, count: int) -> tuple[float, list[str]]:
+        from outbox.queries import CLAIM_POSTGRESQL  # after django.setup(): see main()
+
         cursor = psycopg.ClientCursor(conn)
         params = {"token": "t", "lease": 60.0, "limit": 100, "worker": "bench"}
         cursor.execute("EXPLAIN " + CLAIM_POSTGRESQL, params)
@@ -144,6 +147,9 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=20, help="empty claims timed in each case")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
+    # The claim's statement takes the table's name from the model.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    django.setup()
     bench = Bloat(args.pg, FULL)
     bench.port = 0
     bench.setup()

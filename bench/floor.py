@@ -1,7 +1,8 @@
 """The floor: a raw psycopg loop running only our claim and completion statements.
 
-No Django, no decoding, no dispatch: what the database and the driver allow, which bounds
-what the worker could reach. The SQL is imported from outbox/queries.py, not copied.
+No Django in the loop, no decoding, no dispatch: what the database and the driver allow,
+which bounds what the worker could reach. The SQL is imported from outbox/queries.py, not
+copied (Django is set up first only because the statements take names from the model).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import sys
 import time
 import uuid
 
+import django
 import psycopg
-
-from outbox.queries import CLAIM_POSTGRESQL, COMPLETE_POSTGRESQL
 
 BATCH_SIZE = 100  # outbox's default BATCH_SIZE
 LEASE_SECONDS = 60.0
 
 
 def main(dsn: str) -> None:
+    django.setup()  # only for the statements, which take the table's name from the model
+    from outbox.queries import CLAIM_POSTGRESQL, COMPLETE_POSTGRESQL
+
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     worker = f"{socket.gethostname()}:{os.getpid()}"

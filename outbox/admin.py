@@ -11,6 +11,7 @@ filter choices from the registry (never ``SELECT DISTINCT``), and counts from
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import re
 from typing import TYPE_CHECKING, Any, cast
@@ -38,7 +39,7 @@ from . import admin_log, monitoring, operations, queries
 from .dashboard.views import dashboard_view
 from .models import Event, EventQuerySet
 from .readable import payload_of, readable, time_of
-from .serialization import TAG
+from .serialization import TAG, references
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -52,26 +53,11 @@ _REFUSALS: dict[str, StrOrPromise] = {
 }
 #: References listed on the detail page; a payload naming more shows only the first.
 _MAX_REFS = 50
+#: How deep in a payload references are looked for on the detail page.
+_REFS_DEPTH = 32
 #: The largest primary key a bigint holds: "#" followed by more finds no event.
 _MAX_ID = 2**63 - 1
 _ID = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²", which int() refuses
-
-
-def _model_refs(value: Any, where: str, depth: int = 0) -> list[tuple[str, dict[str, Any]]]:
-    """``(where, reference)`` for each model instance or class named in a payload."""
-    found: list[tuple[str, dict[str, Any]]] = []
-    if depth > 32:
-        return found
-    if isinstance(value, dict):
-        if value.get(TAG) in ("model", "modelclass") and isinstance(value.get("label"), str):
-            found.append((where, value))
-        items = value.items() if value.get(TAG) is None else [("v", value.get("v"))]
-        for key, item in items:
-            found += _model_refs(item, where if value.get(TAG) else f"{where}.{key}", depth + 1)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found += _model_refs(item, f"{where}[{i}]", depth + 1)
-    return found[:_MAX_REFS]
 
 
 def _pk(ref: dict[str, Any]) -> str:
@@ -308,7 +294,8 @@ class EventAdmin(admin.ModelAdmin):
         Built from the payload alone (label and primary key): no import, and no query but
         the one that reads the payload's text."""
         items = []
-        for where, ref in _model_refs(payload_of(obj).value, "payload"):
+        found = references(payload_of(obj).value, "payload", depth=_REFS_DEPTH)
+        for where, ref in itertools.islice(found, _MAX_REFS):
             text = f"{ref['label']} #{_pk(ref)}" if ref[TAG] == "model" else ref["label"]
             url = self._admin_url(ref)
             items.append((where, format_html('<a href="{}">{}</a>', url, text) if url else text))

@@ -23,7 +23,7 @@ from django.db import InterfaceError, OperationalError, connections, models, tra
 from django.http import HttpRequest, QueryDict
 
 from .exceptions import DispatchError
-from .serialization import _MAX_DEPTH, TAG
+from .serialization import _MAX_DEPTH, TAG, references
 
 __all__ = ["PayloadDecoder"]
 
@@ -45,21 +45,11 @@ class PayloadDecoder:
     def add(self, payload: Any) -> None:
         """Note the model rows a payload refers to; bad payloads fail later, in decode."""
         try:
-            self._collect(payload, 0)
+            for _, ref in references(payload):
+                if ref[TAG] == "model":
+                    self._wanted[(ref["label"], ref.get("db"))].add(self._decode(ref["pk"], 0))
         except Exception:  # noqa: BLE001 - reported per event by decode()
             pass
-
-    def _collect(self, value: Any, depth: int) -> None:
-        if depth > _MAX_DEPTH:
-            return
-        if type(value) is list:
-            for item in value:
-                self._collect(item, depth + 1)
-        elif type(value) is dict:
-            if value.get(TAG) == "model":
-                self._wanted[(value["label"], value.get("db"))].add(self._decode(value["pk"], 0))
-            for item in value.values():
-                self._collect(item, depth + 1)
 
     def _fetch(self) -> None:
         self._fetched = {}

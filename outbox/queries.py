@@ -14,17 +14,21 @@ start even inside a transaction, and it is stable within the statement, so the d
 comparison still uses the index. On MySQL and MariaDB (with ``USE_TZ``) it is
 ``UTC_TIMESTAMP(6)``, also fixed for the statement. On SQLite, which runs on the process's
 machine, times come from the process's clock (``timezone.now()``).
+
+Each statement is one constant, written whole, with the index that serves it; the table's
+name and the status values in it are the model's (see "the statements' names" below).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings as django_settings
 from django.db import connections
@@ -33,18 +37,20 @@ from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from . import wakeup
 from .conf import settings
 
+# What other modules import, and only that.
 __all__ = [
     "ASYNC_COMMIT_POSTGRESQL",
     "CLAIM_POSTGRESQL",
     "COMPLETE_POSTGRESQL",
-    "DEDUPE_CONFLICT",
-    "Claimed",
-    "HEAD_OF_KEY",
-    "HEAD_OF_KEY_POSTGRESQL",
-    "NewEvent",
+    "OVERDUE_MARK",
     "PARKED",
+    "PRUNABLE",
+    "TABLE",
+    "Claimed",
+    "NewEvent",
     "Position",
     "claim",
     "claim_after",
@@ -54,9 +60,9 @@ __all__ = [
     "extend_lease",
     "insert_event",
     "insert_events",
-    "key_lock",
     "mark_overdue",
     "parked",
+    "put_back",
     "record_failure",
     "release",
     "run_alone",
@@ -64,18 +70,66 @@ __all__ = [
     "unpark",
 ]
 
-TABLE = "outbox_event"
-_COLUMNS = (
-    "signal, receiver, payload, status, attempts, max_attempts, available_at, worker, "
-    "created_at, last_error, last_traceback, queue, ordering_key, dedupe_key"
-)
+# --- the statements' names for the table and its statuses ------------------------------
+#
+# Every statement below is written whole, as one constant per statement and database.
+# The table is ``{table}`` and each status ``'{pending}'``, ``'{running}'``, ...: filled in
+# from the model (Event._meta.db_table, Event.Status) by _sql(), once per statement, on
+# first use, since this module is imported before the app registry is ready. Any other
+# ``{name}`` is a part that varies from one call to the next, filled in by the caller.
 
-_TRACED_COLUMNS = f"{_COLUMNS}, trace_context"  # see insert_events()
 
-# The values of a new event, in _COLUMNS order: signal, receiver, payload, max_attempts,
-# available_at, created_at, queue, ordering_key, dedupe_key (PostgreSQL: see
-# _postgresql_insert(), which uses its clock).
-_VALUES = "%s, %s, %s, 'pending', 0, %s, {available}, '', %s, '', '', %s, %s, %s"
+class _Names(dict[str, str]):
+    """The model's names, leaving the placeholders of the caller's parts as they are."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+@functools.cache
+def _names() -> _Names:
+    """``table`` and each status value (``pending``, ...), as the model has them."""
+    from .models import Event
+
+    return _Names(
+        table=Event._meta.db_table, **{status.name.lower(): status.value for status in Event.Status}
+    )
+
+
+@functools.cache
+def _sql(statement: str) -> str:
+    """``statement`` with the model's table name and status values filled in."""
+    return statement.format_map(_names())
+
+
+if TYPE_CHECKING:  # built on first use, by __getattr__()
+    #: The events' table (Event._meta.db_table).
+    TABLE: str
+    #: The claim of every queue on PostgreSQL; parameters: token, lease (seconds), worker,
+    #: limit. The benchmark's raw psycopg floor runs it as it is: committed synchronously,
+    #: no completion carried, from the start of the due index.
+    CLAIM_POSTGRESQL: str
+    #: Completion on PostgreSQL; parameters: ids, seconds since each started, seconds since
+    #: each returned, token (see complete()).
+    COMPLETE_POSTGRESQL: str
+    #: Statuses that pruning may delete: never pending or running, whose work is not done.
+    PRUNABLE: tuple[str, ...]
+
+
+def __getattr__(name: str) -> Any:
+    # The statements and values other modules import that need the model (see above).
+    if name == "TABLE":
+        return _names()["table"]
+    if name == "CLAIM_POSTGRESQL":
+        return _claim_postgresql(False, False, "")
+    if name == "COMPLETE_POSTGRESQL":
+        return _sql(_COMPLETE_POSTGRESQL)
+    if name == "PRUNABLE":
+        return _prunable()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- sending ---------------------------------------------------------------------------
 
 # Coalescing (connect(dedupe_key=...)): a row whose receiver and dedupe key are already
 # held by a fresh row (pending, never claimed) is not written, and the statement goes on;
@@ -97,7 +151,7 @@ _VALUES = "%s, %s, %s, 'pending', 0, %s, {available}, '', %s, '', '', %s, %s, %s
 # instead of waiting it out, as it does for any write conflict at those levels.)
 DEDUPE_CONFLICT = (
     " ON CONFLICT (receiver, dedupe_key) "
-    "WHERE batch_attempt IS NULL AND dedupe_key IS NOT NULL AND status = 'pending' DO NOTHING"
+    "WHERE batch_attempt IS NULL AND dedupe_key IS NOT NULL AND status = '{pending}' DO NOTHING"
 )
 
 #: The ``available_at`` of a parked event: pending behind a ``failed`` event of its key, so
@@ -116,9 +170,22 @@ _PG_PARKED = "'9999-01-01 00:00:00+00'::timestamptz"
 # A keyed event's available_at as written: parked at once if its key is blocked already.
 # Served by outbox_event_key (status = 'failed' implies its condition).
 _PARK_IF_BLOCKED = (
-    f"CASE WHEN EXISTS (SELECT 1 FROM {TABLE} WHERE receiver = {{receiver}} AND ordering_key = {{key}} "
-    f"AND status = 'failed') THEN {{parked}} ELSE {{now}} END"
+    "CASE WHEN EXISTS (SELECT 1 FROM {table} WHERE receiver = {receiver} AND ordering_key = {key} "
+    "AND status = '{failed}') THEN {parked} ELSE {now} END"
 )
+
+# The INSERT off PostgreSQL and MySQL (SQLite), times the process's: one row of
+# _ROW_SQLITE per event (``available``: a parameter, or _PARK_IF_BLOCKED for a keyed
+# one), ``trace_column`` and ``traced`` naming the trace context when there is one,
+# ``conflict`` DEDUPE_CONFLICT when a row has a dedupe key.
+_INSERT_SQLITE = (
+    "INSERT INTO {table} (signal, receiver, payload, status, attempts, max_attempts, available_at, "
+    "worker, created_at, last_error, last_traceback, queue, ordering_key, dedupe_key{trace_column}) "
+    "VALUES {rows}{conflict}"
+)
+# Parameters: signal, receiver, payload, max_attempts, available_at's, created_at, queue,
+# ordering_key, dedupe_key (and trace_context).
+_ROW_SQLITE = "(%s, %s, %s, '{pending}', 0, %s, {available}, '', %s, '', '', %s, %s, %s{traced})"
 
 
 class NewEvent(NamedTuple):
@@ -134,39 +201,29 @@ class NewEvent(NamedTuple):
     dedupe_key: str | None = None
 
 
-# "Now" and "lease_seconds from now" in SQL: the database's clock on PostgreSQL (see the
-# module docstring), a parameter holding the process's clock elsewhere.
-_PG_NOW = "statement_timestamp()"
-_PG_TIMES = {"now": _PG_NOW, "until": f"{_PG_NOW} + %(lease)s * interval '1 second'"}
-_OTHER_TIMES = {"now": "%(now)s", "until": "%(until)s"}
+# --- claiming --------------------------------------------------------------------------
 
-# The claim, for PostgreSQL and for everything else. Module constants so that the
-# benchmark's raw psycopg floor runs exactly these statements.
+# "Now" in SQL on PostgreSQL: the database's clock (see the module docstring).
+_PG_NOW = "statement_timestamp()"
+
+# The claim, for PostgreSQL and for SQLite. The claim of every queue on PostgreSQL is
+# what the benchmark's raw psycopg floor runs (CLAIM_POSTGRESQL).
 #
 # A pending row's attempt is counted here, for the whole batch: no per-row write while it
 # runs. A running row is an orphan, reclaimed after its worker died: the claim does not
 # count it (SET reads the row as it was), and gives back the attempt its batch claim
 # counted (batch_attempt), since that death may have been any row's. Orphans are run
 # alone (execution.run_claimed), which counts the attempt of the one in hand.
-_SET_RUNNING = (
-    "SET status = 'running', "
-    "attempts = CASE WHEN status = 'pending' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
-    "ELSE attempts END, "
-    "batch_attempt = (status = 'pending'), available_at = {until}, lease_token = %(token)s, "
-    "worker = %(worker)s"
-)
-_DUE = "status IN ('pending', 'running') AND available_at <= {now}"
-# queue, ordering_key and created_at are for outbox.current_event(): read from the row the
-# UPDATE has in hand anyway, so they cost no lookup.
-_RETURNING = (
-    "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
-    "queue, ordering_key, created_at, trace_context"
-)
-
+#
+# Due means pending or running with available_at passed (for a running row, its lease).
+# queue, ordering_key and created_at are returned for outbox.current_event(): read from
+# the row the UPDATE has in hand anyway, so they cost no lookup.
+#
 # Per-key ordering: a keyed event is claimable only at the head of its key, when no
 # earlier event (lower id) of its receiver and key is unfinished: pending (a retry waiting
 # its backoff, or not yet claimed), running, or failed (blocked until replayed or
-# discarded). One index probe per keyed candidate, served by outbox_event_key.
+# discarded). One index probe per keyed candidate, served by outbox_event_key: the
+# "ordering_key IS NULL OR NOT EXISTS (...)" of each claim.
 #
 # Why two workers claiming at the same instant never both take events of one key (on
 # PostgreSQL, READ COMMITTED): say e1 < e2 share a key, both due. Each claim runs the test
@@ -189,21 +246,60 @@ _RETURNING = (
 # columns, descending, LIMIT 1: an order only that index yields without a sort) and asks
 # whether it is of the same receiver and key; SQLite is told the index (INDEXED BY, an
 # error rather than a scan if it ever cannot use it).
-HEAD_OF_KEY_POSTGRESQL = (
-    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM (SELECT earlier.receiver AS prior_receiver, "
-    f"earlier.ordering_key AS prior_key FROM {TABLE} AS earlier "
-    f"WHERE (earlier.receiver, earlier.ordering_key, earlier.id) "
-    f"< ({TABLE}.receiver, {TABLE}.ordering_key, {TABLE}.id) "
-    "AND earlier.ordering_key IS NOT NULL AND earlier.status IN ('pending', 'running', 'failed') "
+#
+# On PostgreSQL the parts that vary are ``finish`` (_FINISH_POSTGRESQL or ""), ``after``
+# (_AFTER_POSTGRESQL or "") and ``bookkeeping`` (ASYNC_COMMIT_POSTGRESQL or ""); the claims
+# return, last, where each row stood in the index when claimed (due_at, its available_at
+# then): claim_after() takes its next position from it. Served by outbox_event_due.
+_CLAIM_POSTGRESQL = (
+    "WITH {finish}due AS MATERIALIZED (SELECT id AS due_id, available_at AS due_at FROM {table} "
+    "WHERE status IN ('{pending}', '{running}') AND available_at <= statement_timestamp(){after} "
+    "AND (ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM (SELECT earlier.receiver AS prior_receiver, "
+    "earlier.ordering_key AS prior_key FROM {table} AS earlier "
+    "WHERE (earlier.receiver, earlier.ordering_key, earlier.id) "
+    "< ({table}.receiver, {table}.ordering_key, {table}.id) "
+    "AND earlier.ordering_key IS NOT NULL AND earlier.status IN ('{pending}', '{running}', '{failed}') "
     "ORDER BY earlier.receiver DESC, earlier.ordering_key DESC, earlier.id DESC LIMIT 1) AS prior "
-    f"WHERE prior_receiver = {TABLE}.receiver AND prior_key = {TABLE}.ordering_key))"
+    "WHERE prior_receiver = {table}.receiver AND prior_key = {table}.ordering_key)) "
+    "ORDER BY available_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+    "UPDATE {table} SET status = '{running}', "
+    "attempts = CASE WHEN status = '{pending}' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
+    "ELSE attempts END, "
+    "batch_attempt = (status = '{pending}'), "
+    "available_at = statement_timestamp() + %(lease)s * interval '1 second', lease_token = %(token)s, "
+    "worker = %(worker)s "
+    "FROM due WHERE id = due_id{bookkeeping} "
+    "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at, trace_context, due_at"
 )
-HEAD_OF_KEY = (
-    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier INDEXED BY outbox_event_key "
-    f"WHERE earlier.receiver = {TABLE}.receiver AND earlier.ordering_key = {TABLE}.ordering_key "
-    f"AND earlier.id < {TABLE}.id AND earlier.status IN ('pending', 'running', 'failed')))"
+# Named queues (parameter ``queues``, a list, too). Served by outbox_event_queue_due, one
+# ordered range per queue: each queue gives its first ``limit`` due rows (locked), the
+# earliest ``limit`` of those are claimed, the rest unlocked when the statement ends.
+_CLAIM_QUEUES_POSTGRESQL = (
+    "WITH {finish}due AS MATERIALIZED (SELECT due_id, due_at FROM unnest(%(queues)s::text[]) AS chosen(name) "
+    "CROSS JOIN LATERAL (SELECT id AS due_id, available_at AS due_at FROM {table} "
+    "WHERE queue = chosen.name AND status IN ('{pending}', '{running}') "
+    "AND available_at <= statement_timestamp() "
+    "AND (ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM (SELECT earlier.receiver AS prior_receiver, "
+    "earlier.ordering_key AS prior_key FROM {table} AS earlier "
+    "WHERE (earlier.receiver, earlier.ordering_key, earlier.id) "
+    "< ({table}.receiver, {table}.ordering_key, {table}.id) "
+    "AND earlier.ordering_key IS NOT NULL AND earlier.status IN ('{pending}', '{running}', '{failed}') "
+    "ORDER BY earlier.receiver DESC, earlier.ordering_key DESC, earlier.id DESC LIMIT 1) AS prior "
+    "WHERE prior_receiver = {table}.receiver AND prior_key = {table}.ordering_key)) "
+    "ORDER BY available_at, id LIMIT %(limit)s "
+    "FOR UPDATE SKIP LOCKED) AS one "
+    "ORDER BY due_at, due_id LIMIT %(limit)s) "
+    "UPDATE {table} SET status = '{running}', "
+    "attempts = CASE WHEN status = '{pending}' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
+    "ELSE attempts END, "
+    "batch_attempt = (status = '{pending}'), "
+    "available_at = statement_timestamp() + %(lease)s * interval '1 second', lease_token = %(token)s, "
+    "worker = %(worker)s "
+    "FROM due WHERE id = due_id{bookkeeping} "
+    "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at, trace_context, due_at"
 )
-_ORDER = "ORDER BY available_at, id LIMIT %(limit)s"
 # PostgreSQL: the worker's bookkeeping committed without waiting for the WAL flush
 # (OUTBOX["WORKER_ASYNC_COMMIT"]). set_config(..., true) is SET LOCAL as an expression, so
 # it travels inside the statement: no extra round trip. As an uncorrelated subquery it is
@@ -217,34 +313,20 @@ ASYNC_COMMIT_POSTGRESQL = " AND (SELECT set_config('synchronous_commit', 'off', 
 # rest of the statement does, fenced on that batch's token. Its rows are running under a
 # live lease, so the claim below does not see them as due; were a lease to have expired,
 # a row is either written done here or reclaimed below (a row updated by one part of a
-# statement is skipped by the other), never both.
+# statement is skipped by the other), never both. The same as _COMPLETE_POSTGRESQL.
 _FINISH_POSTGRESQL = (
-    f"finished AS (UPDATE {TABLE} SET status = 'done', "
-    f"started_at = {_PG_NOW} - ran.since_start * interval '1 second', "
-    f"finished_at = {_PG_NOW} - coalesce(ran.since_end, 0) * interval '1 second', lease_token = NULL "
+    "finished AS (UPDATE {table} SET status = '{done}', "
+    "started_at = statement_timestamp() - ran.since_start * interval '1 second', "
+    "finished_at = statement_timestamp() - coalesce(ran.since_end, 0) * interval '1 second', "
+    "lease_token = NULL "
     "FROM unnest(%(done)s::bigint[], %(done_since_start)s::float8[], %(done_since_end)s::float8[]) "
-    f"AS ran(id, since_start, since_end) "
-    f"WHERE {TABLE}.id = ran.id AND {TABLE}.lease_token = %(done_token)s), "
+    "AS ran(id, since_start, since_end) "
+    "WHERE {table}.id = ran.id AND {table}.lease_token = %(done_token)s), "
 )
 # A walk of outbox_event_due that starts at a position, (available_at, id), rather than at
 # its first entry (parameters after_at, after_id): see claim_after(). The row comparison is
 # the start of the index range, so the dead entries before it are never read.
 _AFTER_POSTGRESQL = " AND (available_at, id) >= (%(after_at)s, %(after_id)s)"
-# The claims return, last, where each row stood in the index when claimed (due_at, its
-# available_at then): claim_after() takes its next position from it.
-_CLAIM_POSTGRESQL = (
-    f"WITH {{finish}}due AS MATERIALIZED (SELECT id AS due_id, available_at AS due_at FROM {TABLE} "
-    f"WHERE {_DUE}{{after}} AND {HEAD_OF_KEY_POSTGRESQL} {_ORDER} FOR UPDATE SKIP LOCKED) "
-    f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id{{bookkeeping}} {_RETURNING}, due_at"
-)
-_CLAIM_POSTGRESQL_QUEUES = (
-    "WITH {finish}due AS MATERIALIZED (SELECT due_id, due_at FROM unnest(%(queues)s::text[]) AS chosen(name) "
-    f"CROSS JOIN LATERAL (SELECT id AS due_id, available_at AS due_at FROM {TABLE} "
-    f"WHERE queue = chosen.name AND {_DUE} AND {HEAD_OF_KEY_POSTGRESQL} {_ORDER} "
-    "FOR UPDATE SKIP LOCKED) AS one "
-    "ORDER BY due_at, due_id LIMIT %(limit)s) "
-    f"UPDATE {TABLE} {_SET_RUNNING} FROM due WHERE id = due_id{{bookkeeping}} {_RETURNING}, due_at"
-)
 
 
 def _claim_postgresql(queues: bool, finish: bool, bookkeeping: str, after: bool = False) -> str:
@@ -255,60 +337,90 @@ def _claim_postgresql(queues: bool, finish: bool, bookkeeping: str, after: bool 
     key = (queues, finish, bookkeeping, after)
     statement = _claims_postgresql.get(key)
     if statement is None:
-        template = _CLAIM_POSTGRESQL_QUEUES if queues else _CLAIM_POSTGRESQL
-        times = {
-            **_PG_TIMES,
-            "finish": _FINISH_POSTGRESQL if finish else "",
-            "bookkeeping": bookkeeping,
-            "after": _AFTER_POSTGRESQL if after else "",
-        }
-        statement = _claims_postgresql[key] = template.format_map(times)
+        statement = _claims_postgresql[key] = _sql(
+            _CLAIM_QUEUES_POSTGRESQL if queues else _CLAIM_POSTGRESQL
+        ).format(
+            finish=_sql(_FINISH_POSTGRESQL) if finish else "",
+            after=_AFTER_POSTGRESQL if after else "",
+            bookkeeping=bookkeeping,
+        )
     return statement
 
 
 _claims_postgresql: dict[tuple[bool, bool, str, bool], str] = {}
-#: Every queue; parameters: token, lease (seconds), worker, limit. Served by outbox_event_due.
-#: The benchmark's floor runs it as it is: committed synchronously, no completion carried.
-CLAIM_POSTGRESQL = _claim_postgresql(False, False, "")
-#: Named queues (parameter ``queues``, a list, too). Served by outbox_event_queue_due, one
-#: ordered range per queue: each queue gives its first ``limit`` due rows (locked), the
-#: earliest ``limit`` of those are claimed, the rest unlocked when the statement ends.
-CLAIM_POSTGRESQL_QUEUES = _claim_postgresql(True, False, "")
-CLAIM_OTHER = (
-    f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN "
-    f"(SELECT id FROM {TABLE} WHERE {_DUE} AND {HEAD_OF_KEY} {_ORDER}) {_RETURNING}"
-).format_map(_OTHER_TIMES)
-# One queue's candidates on SQLite, for _claim_other_queues(): UNION ALL of these.
-_ONE_QUEUE_OTHER = (
-    f"SELECT * FROM (SELECT id, available_at FROM {TABLE} WHERE queue = %(queue_N)s "
-    f"AND {_DUE.format(now='%(now)s')} AND {HEAD_OF_KEY} {_ORDER})"
+
+# SQLite: times are parameters (now, until: the process's clock), the head-of-key probe is
+# told its index. Served by outbox_event_due.
+_CLAIM_SQLITE = (
+    "UPDATE {table} SET status = '{running}', "
+    "attempts = CASE WHEN status = '{pending}' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
+    "ELSE attempts END, "
+    "batch_attempt = (status = '{pending}'), available_at = %(until)s, lease_token = %(token)s, "
+    "worker = %(worker)s "
+    "WHERE id IN (SELECT id FROM {table} "
+    "WHERE status IN ('{pending}', '{running}') AND available_at <= %(now)s "
+    "AND (ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS earlier INDEXED BY outbox_event_key "
+    "WHERE earlier.receiver = {table}.receiver AND earlier.ordering_key = {table}.ordering_key "
+    "AND earlier.id < {table}.id AND earlier.status IN ('{pending}', '{running}', '{failed}'))) "
+    "ORDER BY available_at, id LIMIT %(limit)s) "
+    "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at, trace_context"
+)
+# Named queues on SQLite: ``each`` is one _ONE_QUEUE_SQLITE per queue (parameters
+# queue_0, queue_1, ...), joined by UNION ALL: each queue's earliest due rows from
+# outbox_event_queue_due, the earliest of all taken.
+_CLAIM_QUEUES_SQLITE = (
+    "UPDATE {table} SET status = '{running}', "
+    "attempts = CASE WHEN status = '{pending}' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
+    "ELSE attempts END, "
+    "batch_attempt = (status = '{pending}'), available_at = %(until)s, lease_token = %(token)s, "
+    "worker = %(worker)s "
+    "WHERE id IN (SELECT id FROM ({each}) ORDER BY available_at, id LIMIT %(limit)s) "
+    "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at, trace_context"
+)
+_ONE_QUEUE_SQLITE = (
+    "SELECT * FROM (SELECT id, available_at FROM {table} WHERE queue = %(queue_N)s "
+    "AND status IN ('{pending}', '{running}') AND available_at <= %(now)s "
+    "AND (ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS earlier INDEXED BY outbox_event_key "
+    "WHERE earlier.receiver = {table}.receiver AND earlier.ordering_key = {table}.ordering_key "
+    "AND earlier.id < {table}.id AND earlier.status IN ('{pending}', '{running}', '{failed}'))) "
+    "ORDER BY available_at, id LIMIT %(limit)s)"
 )
 
 
-def _claim_other_queues(count: int) -> str:
-    """The claim of ``count`` named queues off PostgreSQL (parameters queue_0, queue_1, ...):
-    each queue's earliest due rows from outbox_event_queue_due, the earliest of all taken."""
-    statement = _claim_others.get(count)
+def _claim_sqlite_queues(count: int) -> str:
+    """The claim of ``count`` named queues on SQLite (parameters queue_0, queue_1, ...)."""
+    statement = _claims_sqlite.get(count)
     if statement is None:
-        each = " UNION ALL ".join(_ONE_QUEUE_OTHER.replace("queue_N", f"queue_{n}") for n in range(count))
-        statement = _claim_others[count] = (
-            f"UPDATE {TABLE} {_SET_RUNNING} WHERE id IN (SELECT id FROM ({each}) {_ORDER}) {_RETURNING}"
-        ).format_map(_OTHER_TIMES)
+        one = _sql(_ONE_QUEUE_SQLITE)
+        each = " UNION ALL ".join(one.replace("queue_N", f"queue_{n}") for n in range(count))
+        statement = _claims_sqlite[count] = _sql(_CLAIM_QUEUES_SQLITE).format(each=each)
     return statement
 
 
-_claim_others: dict[int, str] = {}
+_claims_sqlite: dict[int, str] = {}
 # started_at and finished_at are when the receiver started and returned, by the clock of
 # the other timestamps: the statement's time less the seconds the worker measured since
 # (its monotonic clock; successes are written in batches, after the fact). The admin
 # dashboard reads them (outbox.dashboard): commit-to-start latency and receiver durations.
-#: Completion on PostgreSQL; parameters: ids, seconds since each started, seconds since
-#: each returned (float arrays in the order of ids; NULL: start unknown), token.
-COMPLETE_POSTGRESQL = (
-    f"UPDATE {TABLE} SET status = 'done', started_at = {_PG_NOW} - ran.since_start * interval '1 second', "
-    f"finished_at = {_PG_NOW} - coalesce(ran.since_end, 0) * interval '1 second', lease_token = NULL "
+# Completion on PostgreSQL (COMPLETE_POSTGRESQL); parameters: ids, seconds since each
+# started, seconds since each returned (float arrays in the order of ids; NULL: start
+# unknown), token. Served by the primary key.
+_COMPLETE_POSTGRESQL = (
+    "UPDATE {table} SET status = '{done}', "
+    "started_at = statement_timestamp() - ran.since_start * interval '1 second', "
+    "finished_at = statement_timestamp() - coalesce(ran.since_end, 0) * interval '1 second', "
+    "lease_token = NULL "
     "FROM unnest(%s::bigint[], %s::float8[], %s::float8[]) AS ran(id, since_start, since_end) "
-    f"WHERE {TABLE}.id = ran.id AND {TABLE}.lease_token = %s"
+    "WHERE {table}.id = ran.id AND {table}.lease_token = %s"
+)
+# Elsewhere the process's clock, as every timestamp there: one CASE per column, ``started``
+# and ``finished`` holding a "WHEN %s THEN %s" (id, time) per row.
+_COMPLETE_SQLITE_MYSQL = (
+    "UPDATE {table} SET status = '{done}', started_at = CASE id {started} END, "
+    "finished_at = CASE id {finished} END, lease_token = NULL "
+    "WHERE {ids} AND lease_token = %s{bookkeeping}"
 )
 
 
@@ -332,7 +444,7 @@ class Claimed:
 
 
 def _claimed(connection: BaseDatabaseWrapper, rows: Sequence[Sequence[Any]]) -> list[Claimed]:
-    """The rows of a claim's ``RETURNING`` (see _RETURNING), sorted by id."""
+    """The rows a claim returns (see _CLAIM_POSTGRESQL), sorted by id."""
     found = [Claimed(*[*row[:6], bool(row[6]), *row[7:]]) for row in rows]
     if connection.vendor != "postgresql":
         # Raw SQL skips the ORM's converters: SQLite gives the stored text (UTC), or a
@@ -349,16 +461,6 @@ def _read_datetime(value: Any) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime) and django_settings.USE_TZ and timezone.is_naive(value):
         value = timezone.make_aware(value, datetime.timezone.utc)
     return value
-
-
-def _notified_marker() -> None:
-    """Registered with on_commit once per transaction whose first event has decided whether
-    to NOTIFY (and taken the "sending" lock: see "waking workers" below).
-
-    Its presence in ``connection.run_on_commit`` says "this transaction has decided";
-    Django drops it when a savepoint that registered it rolls back, as PostgreSQL drops
-    that savepoint's NOTIFY, so the next send decides again.
-    """
 
 
 def _adapt(connection: BaseDatabaseWrapper, value: datetime.datetime) -> Any:
@@ -411,10 +513,11 @@ def insert_events(
 
     On PostgreSQL the first INSERT of a transaction also decides, in the same statement,
     whether to ``pg_notify``: at most one NOTIFY per transaction, none when no worker
-    waits for one, and no extra round trip. A keyed event whose key is blocked by a
-    ``failed`` event is written parked (see :data:`PARKED`); a delayed one is due ``delay``
-    seconds after the statement (its key's later events wait behind it, in id order); one
-    with a dedupe key is skipped while a fresh row holds its key (:data:`DEDUPE_CONFLICT`).
+    waits for one, and no extra round trip (see :mod:`outbox.wakeup`). A keyed event whose
+    key is blocked by a ``failed`` event is written parked (see :data:`PARKED`); a delayed
+    one is due ``delay`` seconds after the statement (its key's later events wait behind
+    it, in id order); one with a dedupe key is skipped while a fresh row holds its key
+    (:data:`DEDUPE_CONFLICT`).
     ``trace_context`` (JSON text, see :mod:`outbox.tracing`) is written into every row; the
     column is only named in the statement when there is one, so untraced sends are unchanged.
     No receivers: no statement.
@@ -426,37 +529,41 @@ def insert_events(
     if connection.vendor == "mysql":
         _insert_mysql(connection, alias, signal, receivers, payload, trace_context)
         return
-    conflict = DEDUPE_CONFLICT if any(row.dedupe_key is not None for row in receivers) else ""
+    conflict = _sql(DEDUPE_CONFLICT) if any(row.dedupe_key is not None for row in receivers) else ""
     if connection.vendor != "postgresql":
         now = timezone.now()
         when, park_at = _adapt(connection, now), _adapt(connection, parked())
         rows, params = [], []
-        columns, traced = (_COLUMNS, "") if trace_context is None else (_TRACED_COLUMNS, ", %s")
+        traced = "" if trace_context is None else ", %s"
+        row = _sql(_ROW_SQLITE)
         for receiver, max_attempts, queue, key, delay, dedupe in receivers:
             due = _adapt(connection, now + datetime.timedelta(seconds=delay)) if delay else when
             if key is None:
-                rows.append(f"({_VALUES.format(available='%s')}{traced})")
+                rows.append(row.format(available="%s", traced=traced))
                 params += [signal, receiver, payload, max_attempts, due, when, queue, key, dedupe]
             else:
-                park = _PARK_IF_BLOCKED.format(receiver="%s", key="%s", parked="%s", now="%s")
-                rows.append(f"({_VALUES.format(available=park)}{traced})")
+                park = _sql(_PARK_IF_BLOCKED).format(receiver="%s", key="%s", parked="%s", now="%s")
+                rows.append(row.format(available=park, traced=traced))
                 params += [signal, receiver, payload, max_attempts, receiver, key, park_at, due]
                 params += [when, queue, key, dedupe]
             if traced:
                 params.append(trace_context)
+        statement = _sql(_INSERT_SQLITE).format(
+            trace_column="" if trace_context is None else ", trace_context",
+            rows=", ".join(rows),
+            conflict=conflict,
+        )
         with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{conflict}", params)
+            cursor.execute(statement, params)
         return
-    notify = not (
-        connection.in_atomic_block and any(entry[1] is _notified_marker for entry in connection.run_on_commit)
-    )
+    notify = wakeup.first_send(connection)
     with connection.cursor() as cursor:
         statement = _postgresql_insert(
             cursor.cursor.connection, signal, receivers, payload, notify, trace_context
         )
         cursor.execute(statement + conflict)
-    if notify and connection.in_atomic_block:
-        connection.on_commit(_notified_marker)
+    if notify:
+        wakeup.decided(connection)
 
 
 def insert_event(
@@ -495,23 +602,24 @@ def _postgresql_insert(
     their key's advisory lock first (_ORDERED_INSERT).
     """
     quoted = _quote(pg, payload)
-    payload_value = f"{quoted}::jsonb, "  # no str.format() past this point: JSON has braces
-    columns, traced = _POSTGRESQL_COLUMNS, ""
+    # JSON has braces: the rows are only ever arguments of str.format(), never its template.
+    payload_value = f"{quoted}::jsonb, "
+    trace_column, traced = "", ""
     if trace_context is not None:
-        columns, traced = _POSTGRESQL_TRACED_COLUMNS, f", {_quote(pg, trace_context)}::jsonb"
+        trace_column, traced = ", trace_context", f", {_quote(pg, trace_context)}::jsonb"
     rows: list[str] = []
     locks: set[tuple[int, int]] = set()
     for receiver, max_attempts, queue, key, delay, dedupe in receivers:
         # last_error is ''. In the first row of a transaction's first INSERT, the expression
         # that decides whether to NOTIFY (and does) computes it: cheaper than a CTE.
-        last_error = _wake(pg) if notify and not rows else "''"
+        last_error = wakeup.notify_expression(pg) if notify and not rows else "''"
         head = _row_head(pg, signal, receiver, int(max_attempts))
         due = f"{_PG_NOW} + {float(delay)!r} * interval '1 second'" if delay else _PG_NOW
         if key is None:
             available, key_value = due, "NULL"
         else:
             quoted_key = _quote(pg, key)
-            park = _PARK_IF_BLOCKED.format(
+            park = _sql(_PARK_IF_BLOCKED).format(
                 receiver=_literal(pg, receiver), key=quoted_key, parked=_PG_PARKED, now=due
             )
             available, key_value = park, quoted_key
@@ -523,10 +631,34 @@ def _postgresql_insert(
             f"{dedupe_value}{traced})"
         )
     if not locks:
-        return f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}"
+        return _insert_postgresql(trace_column) + ", ".join(rows)
     # Sorted, so two statements locking the same keys cannot deadlock each other.
     taken = ", ".join(f"pg_advisory_xact_lock({cls}, {key})" for cls, key in sorted(locks))
-    return _ORDERED_INSERT.format(locks=taken, columns=columns, rows=", ".join(rows))
+    return _sql(_ORDERED_INSERT).format(locks=taken, trace_column=trace_column, rows=", ".join(rows))
+
+
+# The INSERT on PostgreSQL: the values of each row written in (see _postgresql_insert()),
+# in this order: _row_head(), then last_error, payload, available_at, created_at, queue,
+# ordering_key, dedupe_key (and trace_context: ``trace_column`` names it when there is one,
+# so a send with no active span names no extra column).
+_INSERT_POSTGRESQL = (
+    "INSERT INTO {table} (signal, receiver, status, attempts, max_attempts, worker, last_traceback, "
+    "last_error, payload, available_at, created_at, queue, ordering_key, dedupe_key{trace_column}) "
+    "VALUES {rows}"
+)
+
+
+def _insert_postgresql(trace_column: str) -> str:
+    """_INSERT_POSTGRESQL up to its rows, which end it: built once, as the send path is hot."""
+    prefix = _insert_prefixes.get(trace_column)
+    if prefix is None:
+        prefix = _insert_prefixes[trace_column] = _sql(_INSERT_POSTGRESQL).format(
+            trace_column=trace_column, rows=""
+        )
+    return prefix
+
+
+_insert_prefixes: dict[str, str] = {}
 
 
 # Keyed events are written after their keys' advisory locks are taken, held to the end of
@@ -538,7 +670,9 @@ def _postgresql_insert(
 # opposite orders to another can deadlock; PostgreSQL then aborts one of them).
 _ORDERED_INSERT = (
     "WITH ordered AS MATERIALIZED (SELECT {locks}) "
-    f"INSERT INTO {TABLE} ({{columns}}) SELECT queued.* FROM ordered, (VALUES {{rows}}) AS queued"
+    "INSERT INTO {table} (signal, receiver, status, attempts, max_attempts, worker, last_traceback, "
+    "last_error, payload, available_at, created_at, queue, ordering_key, dedupe_key{trace_column}) "
+    "SELECT queued.* FROM ordered, (VALUES {rows}) AS queued"
 )
 _ORDERING = 0x6F62786F  # advisory lock class id of ordering keys: "obxo"
 
@@ -568,12 +702,9 @@ def _queue_literal(pg: Any, queue: str) -> str:
     return literal
 
 
-_POSTGRESQL_COLUMNS = (
-    "signal, receiver, status, attempts, max_attempts, worker, last_traceback, last_error, payload, "
-    "available_at, created_at, queue, ordering_key, dedupe_key"
-)
-# With the sender's trace context, last: a send with no active span names no extra column.
-_POSTGRESQL_TRACED_COLUMNS = f"{_POSTGRESQL_COLUMNS}, trace_context"
+# A row's first values on PostgreSQL: signal, receiver, status, attempts, max_attempts,
+# worker, last_traceback.
+_ROW_HEAD_POSTGRESQL = "({signal}, {receiver}, '{pending}', 0, {max_attempts}, '', '', "
 _row_heads: dict[tuple[str, str, int], str] = {}
 
 
@@ -583,66 +714,10 @@ def _row_head(pg: Any, signal: str, receiver: str, max_attempts: int) -> str:
     key = (signal, receiver, max_attempts)
     head = _row_heads.get(key)
     if head is None:
-        head = _row_heads[key] = (
-            f"({_literal(pg, signal)}, {_literal(pg, receiver)}, 'pending', 0, {max_attempts}, '', '', "
+        head = _row_heads[key] = _sql(_ROW_HEAD_POSTGRESQL).format(
+            signal=_literal(pg, signal), receiver=_literal(pg, receiver), max_attempts=max_attempts
         )
     return head
-
-
-# --- waking workers (PostgreSQL) ------------------------------------------------------
-#
-# NOTIFY is only a wake-up, and it is not free: PostgreSQL serializes the commits of all
-# notifying transactions on one lock, which costs concurrent senders. So a transaction
-# notifies only when a worker may be asleep waiting for it, and two advisory locks per
-# channel make that decision safe:
-#
-# - "waiting": a worker holds it in shared mode on its LISTEN connection from the moment
-#   it means to sleep until it finds work again (outbox.listener.Listener.arm/disarm).
-# - "sending": each transaction that writes events holds it in shared mode from its first
-#   event to its end (transaction-level, so PostgreSQL releases it at commit or rollback).
-#
-# A transaction's first event takes "sending", then tests "waiting" with a momentary
-# exclusive try-lock: if that fails, a worker waits, and the statement notifies. A worker
-# about to sleep takes "waiting", then tests "sending" the same way: if that fails, a
-# transaction that may have decided not to notify is still open, so the worker looks
-# again shortly instead of sleeping. Either the sender sees the worker waiting and
-# notifies, or the worker sees the sender and does not sleep through its commit.
-
-_WAITING, _SENDING = 0x6F627877, 0x6F627873  # advisory lock class ids: "obxw" and "obxs"
-
-
-def wake_locks(channel: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The ("waiting", "sending") advisory lock keys, as (class id, key), of ``channel``."""
-    key = zlib.crc32(channel.encode()) - 2**31  # a signed 32-bit integer
-    return (_WAITING, key), (_SENDING, key)
-
-
-def _wake(pg: Any) -> str:
-    """An expression worth ``''`` that NOTIFYs if a worker waits; CASE fixes the order in
-    which its lock functions run."""
-    channel = settings.NOTIFY_CHANNEL
-    expression = _wakes.get(channel)
-    if expression is None:
-        (wclass, key), (sclass, _) = wake_locks(channel)
-        expression = _wakes[channel] = (
-            f"CASE WHEN CASE WHEN NOT pg_try_advisory_xact_lock_shared({sclass}, {key}) THEN true "
-            f"WHEN pg_try_advisory_lock({wclass}, {key}) THEN NOT pg_advisory_unlock({wclass}, {key}) "
-            f"ELSE true END THEN pg_notify({_literal(pg, channel)}, '')::text ELSE '' END"
-        )
-    return expression
-
-
-_wakes: dict[str, str] = {}
-
-#: Run by a worker about to sleep (parameters: the "waiting" lock): true if it now holds it.
-ARM = "SELECT pg_try_advisory_lock_shared(%(class)s, %(key)s)"
-#: Run by a worker that found work (the "waiting" lock): senders may stop notifying it.
-DISARM = "SELECT pg_advisory_unlock_shared(%(class)s, %(key)s)"
-#: Run by a worker about to sleep, once it holds "waiting": true if no sender is in flight.
-NO_SENDER_IN_FLIGHT = (
-    "SELECT CASE WHEN pg_try_advisory_lock(%(class)s, %(key)s) "
-    "THEN pg_advisory_unlock(%(class)s, %(key)s) ELSE false END"
-)
 
 
 def _literal(pg: Any, value: str) -> str:
@@ -672,8 +747,7 @@ def claim(
 
     Due means pending with ``available_at`` passed, or running with an expired lease (its
     worker died: such an orphan comes back with ``alone`` set, its attempt not counted; see
-    ``_SET_RUNNING``), and, for a keyed event, at the head of its key
-    (:data:`HEAD_OF_KEY_POSTGRESQL`, :data:`HEAD_OF_KEY`).
+    ``_CLAIM_POSTGRESQL``), and, for a keyed event, at the head of its key (ibid.).
     ``queues`` limits it to those queues (None: every queue). Served by the partial index
     ``outbox_event_due``, or ``outbox_event_queue_due`` for named queues. On PostgreSQL,
     ``SKIP LOCKED`` lets any number of workers claim at once without waiting on or sharing
@@ -748,9 +822,9 @@ def claim_after(
         params["until"] = _adapt(connection, now + datetime.timedelta(seconds=lease_seconds))
         params["now"] = _adapt(connection, now)
         if chosen is None:
-            sql = CLAIM_OTHER
+            sql = _sql(_CLAIM_SQLITE)
         else:
-            sql = _claim_other_queues(len(chosen))
+            sql = _claim_sqlite_queues(len(chosen))
             params.update({f"queue_{n}": queue for n, queue in enumerate(chosen)})
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -760,6 +834,17 @@ def claim_after(
         position = min(((row[-1], row[0]) for row in found), default=None)
         found = [row[:-1] for row in found]
     return token, _claimed(connection, found), position
+
+
+# take(): a compare-and-set on the relay's ticket; ``returning`` is _TAKEN but on MySQL.
+_TAKE = (
+    "UPDATE {table} SET lease_token = %s, available_at = {until}, worker = %s "
+    "WHERE {ids} AND lease_token = %s AND status = '{running}'{returning}"
+)
+_TAKEN = (
+    " RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at, trace_context"
+)
 
 
 def take(
@@ -779,17 +864,16 @@ def take(
     token = uuid.uuid4().hex
     until, until_params = _later(connection, lease_seconds)
     test, id_params = _ids(connection, ids)
-    returning = "" if connection.vendor == "mysql" else f" {_RETURNING}"
+    returning = "" if connection.vendor == "mysql" else _TAKEN
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {TABLE} SET lease_token = %s, available_at = {until}, worker = %s "
-            f"WHERE {test} AND lease_token = %s AND status = 'running'{returning}",
+            _sql(_TAKE).format(until=until, ids=test, returning=returning),
             [token, *until_params, worker, *id_params, ticket],
         )
         if returning:
             rows = _claimed(connection, cursor.fetchall())
         else:  # the fresh token names the rows taken (primary key)
-            cursor.execute(f"{_SELECT_CLAIMED_MYSQL} WHERE {test} AND lease_token = %s", [*id_params, token])
+            cursor.execute(_sql(_TAKEN_MYSQL).format(ids=test), [*id_params, token])
             rows = _claimed(connection, cursor.fetchall())
     return token, rows
 
@@ -815,12 +899,14 @@ def _fenced_update(
     alias: str,
     token: str,
     ids: Sequence[int],
-    assignments: str,
+    statement: str,
     values: list[Any],
-    condition: str = "",
     bookkeeping: bool = False,
+    **parts: str,
 ) -> int:
-    """UPDATE the rows among ``ids`` that ``token`` still holds; return how many.
+    """Run ``statement``, an UPDATE of the rows among ``ids`` that ``token`` still holds
+    (``WHERE {ids} AND lease_token = %s{bookkeeping}``, its other ``parts`` filled in from
+    the keywords, ``values`` its parameters before those); return how many it wrote.
 
     The fence of every write a worker makes after its claim: a row whose lease was lost
     and reclaimed by another worker carries another token and is left to that worker.
@@ -832,12 +918,10 @@ def _fenced_update(
     connection = connections[alias]
     test, id_params = _ids(connection, ids)
     values = [_adapt(connection, v) if isinstance(v, datetime.datetime) else v for v in values]
-    if bookkeeping:
-        condition += _bookkeeping(connection)
+    commit = _bookkeeping(connection) if bookkeeping else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {TABLE} SET {assignments} WHERE {test} AND lease_token = %s{condition}",
-            [*values, *id_params, token],
+            _sql(statement).format(ids=test, bookkeeping=commit, **parts), [*values, *id_params, token]
         )
         return cursor.rowcount
 
@@ -858,10 +942,10 @@ def complete(
         since_start, since_end = [t[0] for t in timings], [float(t[1]) for t in timings]
         with connection.cursor() as cursor:
             cursor.execute(
-                COMPLETE_POSTGRESQL + _bookkeeping(connection), [list(ids), since_start, since_end, token]
+                _sql(_COMPLETE_POSTGRESQL) + _bookkeeping(connection),
+                [list(ids), since_start, since_end, token],
             )
             return cursor.rowcount
-    # Elsewhere the process's clock, as every timestamp there: one CASE per column.
     now = timezone.now()
     started, finished, params_s, params_f = [], [], [], []
     for event_id, (began, ended) in zip(ids, timings, strict=True):
@@ -870,11 +954,16 @@ def complete(
         params_s += [event_id, at if at is None else _adapt(connection, at)]
         finished.append("WHEN %s THEN %s")
         params_f += [event_id, _adapt(connection, now - datetime.timedelta(seconds=ended))]
-    assignments = (
-        f"status = 'done', started_at = CASE id {' '.join(started)} END, "
-        f"finished_at = CASE id {' '.join(finished)} END, lease_token = NULL"
+    return _fenced_update(
+        alias,
+        token,
+        ids,
+        _COMPLETE_SQLITE_MYSQL,
+        [*params_s, *params_f],
+        bookkeeping=True,
+        started=" ".join(started),
+        finished=" ".join(finished),
     )
-    return _fenced_update(alias, token, ids, assignments, [*params_s, *params_f], bookkeeping=True)
 
 
 def record_failure(
@@ -893,44 +982,50 @@ def record_failure(
     connection = connections[alias]
     started, started_params = ("NULL", []) if ran_for is None else _later(connection, -ran_for)
     if retry_in is None:
-        status, (available, available_params) = "failed", _now(connection)
+        status, (available, available_params) = _names()["failed"], _now(connection)
         finished, finished_params = available, available_params
     else:
-        status, (available, available_params) = "pending", _later(connection, retry_in)
+        status, (available, available_params) = _names()["pending"], _later(connection, retry_in)
         finished, finished_params = "NULL", []
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {TABLE} SET status = %s, available_at = {available}, finished_at = {finished}, "
-            f"started_at = {started}, last_error = %s, last_traceback = %s, lease_token = NULL "
-            f"WHERE id = %s AND lease_token = %s",
+            _sql(_RECORD_FAILURE).format(available=available, finished=finished, started=started),
             [status, *available_params, *finished_params, *started_params, error, traceback, event_id, token],
         )
         changed = cursor.rowcount
         if changed and retry_in is None and connection.vendor == "mysql":
             _park_behind_mysql(cursor, connection, event_id)
         elif changed and retry_in is None:
-            cursor.execute(_PARK_BEHIND, [_adapt(connection, parked()), event_id, event_id, event_id])
+            cursor.execute(_sql(_PARK_BEHIND), [_adapt(connection, parked()), event_id, event_id, event_id])
     return changed
+
+
+# record_failure(): the attempt's outcome, fenced on its token (primary key).
+_RECORD_FAILURE = (
+    "UPDATE {table} SET status = %s, available_at = {available}, finished_at = {finished}, "
+    "started_at = {started}, last_error = %s, last_traceback = %s, lease_token = NULL "
+    "WHERE id = %s AND lease_token = %s"
+)
 
 
 # Parks the pending events of a failed event's key that come after it (none if it has no
 # key): a row or two through the primary key, then outbox_event_key. A separate statement:
-# if the worker dies between the two, the events are still blocked (HEAD_OF_KEY), only
-# scanned by claims until the next unpark() or failure parks them.
+# if the worker dies between the two, the events are still blocked (the claim's head-of-key
+# test), only scanned by claims until the next unpark() or failure parks them.
 _PARK_BEHIND = (
-    f"UPDATE {TABLE} SET available_at = %s WHERE status = 'pending' "
-    f"AND receiver = (SELECT receiver FROM {TABLE} WHERE id = %s) "
-    f"AND ordering_key = (SELECT ordering_key FROM {TABLE} WHERE id = %s AND status = 'failed') "
-    f"AND id > %s"
+    "UPDATE {table} SET available_at = %s WHERE status = '{pending}' "
+    "AND receiver = (SELECT receiver FROM {table} WHERE id = %s) "
+    "AND ordering_key = (SELECT ordering_key FROM {table} WHERE id = %s AND status = '{failed}') "
+    "AND id > %s"
 )
 # Makes due again the parked events no failed event of their key precedes any more.
 # Through outbox_event_due (the parked rows are its last range), a probe of
 # outbox_event_key each.
 _UNPARK = (
-    f"UPDATE {TABLE} SET available_at = {{now}} WHERE status = 'pending' AND available_at >= %s "
-    f"AND NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier WHERE earlier.receiver = {TABLE}.receiver "
-    f"AND earlier.ordering_key = {TABLE}.ordering_key AND earlier.id < {TABLE}.id "
-    f"AND earlier.status = 'failed')"
+    "UPDATE {table} SET available_at = {now} WHERE status = '{pending}' AND available_at >= %s "
+    "AND NOT EXISTS (SELECT 1 FROM {table} AS earlier WHERE earlier.receiver = {table}.receiver "
+    "AND earlier.ordering_key = {table}.ordering_key AND earlier.id < {table}.id "
+    "AND earlier.status = '{failed}')"
 )
 
 
@@ -942,7 +1037,7 @@ def unpark(alias: str) -> int:
     now, params = _now(connection)
     statement = _UNPARK_MYSQL if connection.vendor == "mysql" else _UNPARK
     with connection.cursor() as cursor:
-        cursor.execute(statement.format(now=now), [*params, _adapt(connection, parked())])
+        cursor.execute(_sql(statement).format(now=now), [*params, _adapt(connection, parked())])
         return cursor.rowcount
 
 
@@ -961,23 +1056,32 @@ def mark_overdue(alias: str, token: str, event_id: int, error: str, traceback: s
     appended = "CONCAT(worker, %s)" if connection.vendor == "mysql" else "worker || %s"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {TABLE} SET last_error = %s, last_traceback = %s, worker = {appended} "
-            f"WHERE id = %s AND lease_token = %s AND status = 'running'",
-            [error, traceback, OVERDUE_MARK, event_id, token],
+            _sql(_MARK_OVERDUE).format(appended=appended), [error, traceback, OVERDUE_MARK, event_id, token]
         )
         return cursor.rowcount
+
+
+# mark_overdue(): ``appended`` is the worker column with OVERDUE_MARK added (primary key).
+_MARK_OVERDUE = (
+    "UPDATE {table} SET last_error = %s, last_traceback = %s, worker = {appended} "
+    "WHERE id = %s AND lease_token = %s AND status = '{running}'"
+)
 
 
 def release(alias: str, token: str, ids: Sequence[int]) -> int:
     """Hand claimed events that were never started back, due now, their attempt undone
     (an orphan's was not counted: see claim())."""
     now, params = _now(connections[alias])
-    # attempts first: MySQL evaluates SET assignments left to right, each seeing the last.
-    assignments = (
-        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END, "
-        f"status = 'pending', available_at = {now}, lease_token = NULL, batch_attempt = false"
-    )
-    return _fenced_update(alias, token, ids, assignments, params, bookkeeping=True)
+    return _fenced_update(alias, token, ids, _RELEASE, params, bookkeeping=True, now=now)
+
+
+# release() and put_back(): ``available_at`` is ``{now}``, or a parameter. attempts
+# first: MySQL evaluates SET assignments left to right, each seeing the last.
+_RELEASE = (
+    "UPDATE {table} SET attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END, "
+    "status = '{pending}', available_at = {now}, lease_token = NULL, batch_attempt = false "
+    "WHERE {ids} AND lease_token = %s{bookkeeping}"
+)
 
 
 def put_back(alias: str, token: str, event_id: int, available_at: datetime.datetime) -> int:
@@ -986,11 +1090,7 @@ def put_back(alias: str, token: str, event_id: int, available_at: datetime.datet
     For :func:`outbox.testing.drain`, which runs each event at most once per call: a retry
     that fell due while it ran is claimed again, and put back as it was. Served by the
     primary key."""
-    assignments = (  # attempts first, as in release()
-        "attempts = CASE WHEN batch_attempt THEN attempts - 1 ELSE attempts END, "
-        "status = 'pending', available_at = %s, lease_token = NULL, batch_attempt = false"
-    )
-    return _fenced_update(alias, token, [event_id], assignments, [available_at])
+    return _fenced_update(alias, token, [event_id], _RELEASE, [available_at], now="%s")
 
 
 def run_alone(alias: str, token: str, event_id: int) -> int | None:
@@ -1004,31 +1104,33 @@ def run_alone(alias: str, token: str, event_id: int) -> int | None:
     connection = connections[alias]
     returning = "" if connection.vendor == "mysql" else " RETURNING attempts"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {TABLE} SET attempts = attempts + 1, batch_attempt = false "
-            f"WHERE id = %s AND lease_token = %s AND status = 'running'{returning}",
-            [event_id, token],
-        )
+        cursor.execute(_sql(_RUN_ALONE).format(returning=returning), [event_id, token])
         if not returning:  # the token fences the read as it fenced the write
             if not cursor.rowcount:
                 return None
-            cursor.execute(
-                f"SELECT attempts FROM {TABLE} WHERE id = %s AND lease_token = %s", [event_id, token]
-            )
+            cursor.execute(_sql(_ATTEMPTS_MYSQL), [event_id, token])
         row = cursor.fetchone()
     return None if row is None else row[0]
+
+
+# run_alone(): the attempt of the row in hand (primary key); MySQL reads it back after.
+_RUN_ALONE = (
+    "UPDATE {table} SET attempts = attempts + 1, batch_attempt = false "
+    "WHERE id = %s AND lease_token = %s AND status = '{running}'{returning}"
+)
+_ATTEMPTS_MYSQL = "SELECT attempts FROM {table} WHERE id = %s AND lease_token = %s"
 
 
 def extend_lease(alias: str, token: str, ids: Sequence[int], lease_seconds: float) -> int:
     """Push the lease of events still in hand ``lease_seconds`` into the future."""
     until, params = _later(connections[alias], lease_seconds)
-    return _fenced_update(
-        alias, token, ids, f"available_at = {until}", params, " AND status = 'running'", bookkeeping=True
-    )
+    return _fenced_update(alias, token, ids, _EXTEND_LEASE, params, bookkeeping=True, until=until)
 
 
-#: Statuses that pruning may delete: never pending or running, whose work is not done.
-PRUNABLE = ("done", "failed", "discarded")
+_EXTEND_LEASE = (
+    "UPDATE {table} SET available_at = {until} "
+    "WHERE {ids} AND lease_token = %s AND status = '{running}'{bookkeeping}"
+)
 
 
 def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetime.datetime) -> int:
@@ -1038,18 +1140,27 @@ def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetim
     own short statement (in autocommit, its own transaction). The status and age are tested
     again here, by the primary key, so a row replayed since the page was read is kept.
     """
-    if status not in PRUNABLE:
-        raise ValueError(f"only {', '.join(PRUNABLE)} events may be deleted, not {status!r}")
+    prunable = _prunable()
+    if status not in prunable:
+        raise ValueError(f"only {', '.join(prunable)} events may be deleted, not {status!r}")
     if not ids:
         return 0
     connection = connections[alias]
     test, id_params = _ids(connection, ids)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"DELETE FROM {TABLE} WHERE {test} AND status = %s AND finished_at < %s",
-            [*id_params, status, _adapt(connection, before)],
+            _sql(_DELETE_FINISHED).format(ids=test), [*id_params, status, _adapt(connection, before)]
         )
         return cursor.rowcount
+
+
+def _prunable() -> tuple[str, ...]:
+    """PRUNABLE: the statuses of finished events, as the model has them."""
+    return tuple(_names()[status] for status in ("done", "failed", "discarded"))
+
+
+# delete_finished(): a page of ids by the primary key, tested again.
+_DELETE_FINISHED = "DELETE FROM {table} WHERE {ids} AND status = %s AND finished_at < %s"
 
 
 # --- MySQL and MariaDB ----------------------------------------------------------------
@@ -1063,7 +1174,7 @@ def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetim
 #   "LIMIT & IN subquery": the claim selects ids FOR UPDATE SKIP LOCKED, updates those ids
 #   and reads them back, in one short transaction of its own.
 # - SET assignments are evaluated left to right, each seeing the values before it: so the
-#   claim's assignments are ordered (_SET_RUNNING_MYSQL), attempts first.
+#   claim's assignments are ordered (_CLAIM_MYSQL), attempts first.
 # - No advisory transaction locks: senders of ordering keys lock a row of outbox_key_lock
 #   (an upsert, held to the end of their transaction) instead of pg_advisory_xact_lock.
 # - `signal` is a reserved word, and || is OR: identifiers quoted, CONCAT().
@@ -1071,10 +1182,14 @@ def delete_finished(alias: str, ids: Sequence[int], status: str, before: datetim
 #   UTC; with USE_TZ off Django stores local times, so the process's clock is used.
 
 _MY_NOW = "UTC_TIMESTAMP(6)"
-_MY_COLUMNS = _COLUMNS.replace("signal, ", "`signal`, ", 1)
-_SELECT_CLAIMED_MYSQL = (
-    f"SELECT id, `signal`, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
-    f"queue, ordering_key, created_at, trace_context FROM {TABLE}"
+# A claim's rows read back, by id or (take()) by the fresh token (primary key): ``ids``.
+_CLAIMED_MYSQL = (
+    "SELECT id, `signal`, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at, trace_context FROM {table} WHERE {ids}"
+)
+_TAKEN_MYSQL = (
+    "SELECT id, `signal`, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
+    "queue, ordering_key, created_at, trace_context FROM {table} WHERE {ids} AND lease_token = %s"
 )
 
 
@@ -1088,46 +1203,54 @@ def _my_later(seconds: float) -> str:
     return f"({_MY_NOW} + INTERVAL {round(float(seconds) * 1_000_000)} MICROSECOND)"
 
 
+# The ids of a claim, locked, others' locked rows skipped (parameter: the limit; ``now``:
+# the database's clock or a parameter). Served by outbox_event_due_my (due_at, id): due_at
+# is available_at for pending and running rows and NULL otherwise, so the range
+# "due_at <= now" in (due_at, id) order holds exactly the due rows, as the partial index
+# outbox_event_due does on PostgreSQL.
+#
 # The head-of-key test: no unfinished earlier event of the candidate's receiver and key.
 # One probe of outbox_event_key_my (receiver, open_key, id) per keyed candidate; open_key
 # is NULL for done and discarded rows, so they are not in the probed range. A subquery of
 # a locking read is a plain consistent read (it locks nothing), as on PostgreSQL.
-HEAD_OF_KEY_MYSQL = (
-    f"(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {TABLE} AS earlier "
-    f"FORCE INDEX (outbox_event_key_my) WHERE earlier.receiver = {TABLE}.receiver "
-    f"AND earlier.open_key = CAST({TABLE}.ordering_key AS BINARY) AND earlier.id < {TABLE}.id))"
-)
-# The ids of a claim, locked, others' locked rows skipped. Served by outbox_event_due_my
-# (due_at, id): due_at is available_at for pending and running rows and NULL otherwise, so
-# the range "due_at <= now" in (due_at, id) order holds exactly the due rows, as the
-# partial index outbox_event_due does on PostgreSQL.
-CLAIM_IDS_MYSQL = (
-    f"SELECT id FROM {TABLE} FORCE INDEX (outbox_event_due_my) WHERE due_at <= {{now}} "
-    f"AND {HEAD_OF_KEY_MYSQL} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED"
+_CLAIM_IDS_MYSQL = (
+    "SELECT id FROM {table} FORCE INDEX (outbox_event_due_my) WHERE due_at <= {now} "
+    "AND (ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS earlier "
+    "FORCE INDEX (outbox_event_key_my) WHERE earlier.receiver = {table}.receiver "
+    "AND earlier.open_key = CAST({table}.ordering_key AS BINARY) AND earlier.id < {table}.id)) "
+    "ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 # Named queues: one ordered range of outbox_event_queue_due_my (queue, due_at, id) per
 # queue, each its first ``limit`` due rows locked, the earliest ``limit`` of all taken (as
-# on PostgreSQL; the others' locks go when the claim's transaction ends, at once).
+# on PostgreSQL; the others' locks go when the claim's transaction ends, at once): ``each``
+# is one _ONE_QUEUE_IDS_MYSQL per queue, joined by UNION ALL.
+_CLAIM_QUEUE_IDS_MYSQL = "SELECT id FROM ({each}) AS due ORDER BY due_at, id LIMIT %s"
 _ONE_QUEUE_IDS_MYSQL = (
-    f"(SELECT id, due_at FROM {TABLE} FORCE INDEX (outbox_event_queue_due_my) WHERE queue = %s "
-    f"AND due_at <= {{now}} AND {HEAD_OF_KEY_MYSQL} ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+    "(SELECT id, due_at FROM {table} FORCE INDEX (outbox_event_queue_due_my) WHERE queue = %s "
+    "AND due_at <= {now} "
+    "AND (ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS earlier "
+    "FORCE INDEX (outbox_event_key_my) WHERE earlier.receiver = {table}.receiver "
+    "AND earlier.open_key = CAST({table}.ordering_key AS BINARY) AND earlier.id < {table}.id)) "
+    "ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
 )
 
 
 def _claim_queue_ids_mysql(count: int, now: str) -> str:
     """The ids of a claim of ``count`` named queues (parameters: per queue its name, the
     ``now`` parameters and the limit; then the limit)."""
-    each = " UNION ALL ".join([_ONE_QUEUE_IDS_MYSQL.format(now=now)] * count)
-    return f"SELECT id FROM ({each}) AS due ORDER BY due_at, id LIMIT %s"
+    each = " UNION ALL ".join([_sql(_ONE_QUEUE_IDS_MYSQL).format(now=now)] * count)
+    return _sql(_CLAIM_QUEUE_IDS_MYSQL).format(each=each)
 
 
-# _SET_RUNNING in the order MySQL needs: attempts reads the old status and batch_attempt,
-# batch_attempt the old status; status is written after both.
-_SET_RUNNING_MYSQL = (
-    "SET attempts = CASE WHEN status = 'pending' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
+# The claim's ids marked running (``marks``: one %s per id). The assignments in the order
+# MySQL needs: attempts reads the old status and batch_attempt, batch_attempt the old
+# status; status is written after both.
+_CLAIM_MYSQL = (
+    "UPDATE {table} SET "
+    "attempts = CASE WHEN status = '{pending}' THEN attempts + 1 WHEN batch_attempt THEN attempts - 1 "
     "ELSE attempts END, "
-    "batch_attempt = (status = 'pending'), status = 'running', available_at = {until}, "
-    "lease_token = %s, worker = %s"
+    "batch_attempt = (status = '{pending}'), status = '{running}', available_at = {until}, "
+    "lease_token = %s, worker = %s WHERE id IN ({marks})"
 )
 
 
@@ -1148,7 +1271,7 @@ def _claim_mysql(
         until = "%s"
         now_params_until = [_adapt(connection, moment + datetime.timedelta(seconds=lease_seconds))]
     if queues is None:
-        select, select_params = CLAIM_IDS_MYSQL.format(now=now), [*now_params, params["limit"]]
+        select, select_params = _sql(_CLAIM_IDS_MYSQL).format(now=now), [*now_params, params["limit"]]
     else:
         select = _claim_queue_ids_mysql(len(queues), now)
         select_params = [value for queue in queues for value in (queue, *now_params, params["limit"])]
@@ -1161,10 +1284,10 @@ def _claim_mysql(
         marks = ", ".join(["%s"] * len(ids))
         set_params = [] if until != "%s" else now_params_until
         cursor.execute(
-            f"UPDATE {TABLE} {_SET_RUNNING_MYSQL.format(until=until)} WHERE id IN ({marks})",
+            _sql(_CLAIM_MYSQL).format(until=until, marks=marks),
             [*set_params, params["token"], params["worker"], *ids],
         )
-        cursor.execute(f"{_SELECT_CLAIMED_MYSQL} WHERE id IN ({marks})", ids)
+        cursor.execute(_sql(_CLAIMED_MYSQL).format(ids=f"id IN ({marks})"), ids)
         return _claimed(connection, cursor.fetchall())
 
 
@@ -1180,9 +1303,17 @@ _KEY_LOCK_MYSQL = "INSERT INTO outbox_key_lock (id) VALUES {rows} ON DUPLICATE K
 # Which of the sent keys a failed event blocks (outbox_event_key_my; a failed row's
 # open_key is its key).
 _BLOCKED_MYSQL = (
-    f"SELECT DISTINCT receiver, open_key FROM {TABLE} FORCE INDEX (outbox_event_key_my) "
-    "WHERE status = 'failed' AND ({tests})"
+    "SELECT DISTINCT receiver, open_key FROM {table} FORCE INDEX (outbox_event_key_my) "
+    "WHERE status = '{failed}' AND ({tests})"
 )
+# The INSERT on MySQL: as _INSERT_SQLITE, `signal` quoted, ``dedupe`` _DEDUPE_MYSQL or "".
+_INSERT_MYSQL = (
+    "INSERT INTO {table} (`signal`, receiver, payload, status, attempts, max_attempts, available_at, "
+    "worker, created_at, last_error, last_traceback, queue, ordering_key, dedupe_key{trace_column}) "
+    "VALUES {rows}{dedupe}"
+)
+# One row: ``due`` and ``when`` (created_at) the database's clock or parameters.
+_ROW_MYSQL = "(%s, %s, %s, '{pending}', 0, %s, {due}, '', {when}, '', '', %s, %s, %s{traced})"
 
 
 def _insert_mysql(
@@ -1202,9 +1333,8 @@ def _insert_mysql(
     moment = timezone.now()
     keyed = sorted({(row.receiver, row.ordering_key) for row in receivers if row.ordering_key is not None})
     rows, params = [], []
-    columns, traced = (
-        (_MY_COLUMNS, "") if trace_context is None else (f"{_MY_COLUMNS}, trace_context", ", %s")
-    )
+    trace_column, traced = ("", "") if trace_context is None else (", trace_context", ", %s")
+    row = _sql(_ROW_MYSQL)
     # Unkeyed events need no transaction of their own: one INSERT is atomic.
     atomic = transaction.atomic(using=alias, savepoint=False) if keyed else contextlib.nullcontext()
     with atomic, connection.cursor() as cursor:
@@ -1213,7 +1343,9 @@ def _insert_mysql(
             locks = sorted({key_lock(receiver, key)[1] for receiver, key in keyed})
             cursor.execute(_KEY_LOCK_MYSQL.format(rows=", ".join(["(%s)"] * len(locks))), locks)
             tests = " OR ".join(["(receiver = %s AND open_key = CAST(%s AS BINARY))"] * len(keyed))
-            cursor.execute(_BLOCKED_MYSQL.format(tests=tests), [part for pair in keyed for part in pair])
+            cursor.execute(
+                _sql(_BLOCKED_MYSQL).format(tests=tests), [part for pair in keyed for part in pair]
+            )
             blocked = {(receiver, bytes(key)) for receiver, key in cursor.fetchall()}
         park_at = _adapt(connection, parked())
         for receiver, max_attempts, queue, key, delay, dedupe in receivers:
@@ -1226,37 +1358,39 @@ def _insert_mysql(
                 due, due_params = "%s", [_adapt(connection, later)]
             if key is not None and (receiver, key.encode()) in blocked:
                 due, due_params = "%s", [park_at]
-            rows.append(f"(%s, %s, %s, 'pending', 0, %s, {due}, '', {when}, '', '', %s, %s, %s{traced})")
+            rows.append(row.format(due=due, when=when, traced=traced))
             params += [signal, receiver, payload, max_attempts, *due_params, *when_params, queue, key, dedupe]
             if traced:
                 params.append(trace_context)
         dedupe = _DEDUPE_MYSQL if any(row.dedupe_key is not None for row in receivers) else ""
-        cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES {', '.join(rows)}{dedupe}", params)
+        statement = _sql(_INSERT_MYSQL).format(trace_column=trace_column, rows=", ".join(rows), dedupe=dedupe)
+        cursor.execute(statement, params)
 
 
 def _park_behind_mysql(cursor: CursorWrapper, connection: BaseDatabaseWrapper, event_id: int) -> None:
     """_PARK_BEHIND on MySQL, which refuses a subquery on the table an UPDATE writes: the
     failed row's receiver and key first (primary key), then its pending followers
     (outbox_event_key_my)."""
-    cursor.execute(
-        f"SELECT receiver, ordering_key FROM {TABLE} WHERE id = %s AND status = 'failed'", [event_id]
-    )
+    cursor.execute(_sql(_FAILED_KEY_MYSQL), [event_id])
     row = cursor.fetchone()
     if row is None or row[1] is None:
         return
-    cursor.execute(
-        f"UPDATE {TABLE} SET available_at = %s WHERE receiver = %s AND open_key = CAST(%s AS BINARY) "
-        "AND status = 'pending' AND id > %s",
-        [_adapt(connection, parked()), row[0], row[1], event_id],
-    )
+    cursor.execute(_sql(_PARK_BEHIND_MYSQL), [_adapt(connection, parked()), row[0], row[1], event_id])
+
+
+_FAILED_KEY_MYSQL = "SELECT receiver, ordering_key FROM {table} WHERE id = %s AND status = '{failed}'"
+_PARK_BEHIND_MYSQL = (
+    "UPDATE {table} SET available_at = %s WHERE receiver = %s AND open_key = CAST(%s AS BINARY) "
+    "AND status = '{pending}' AND id > %s"
+)
 
 
 # _UNPARK as a self-join (MySQL refuses a subquery on the table an UPDATE writes): the
 # parked rows through outbox_event_due_my (their due_at is the last range), each probing
 # outbox_event_key_my for a failed earlier event of its key.
 _UNPARK_MYSQL = (
-    f"UPDATE {TABLE} LEFT JOIN {TABLE} AS earlier ON earlier.receiver = {TABLE}.receiver "
-    f"AND earlier.open_key = CAST({TABLE}.ordering_key AS BINARY) AND earlier.id < {TABLE}.id "
-    f"AND earlier.status = 'failed' SET {TABLE}.available_at = {{now}} "
-    f"WHERE {TABLE}.status = 'pending' AND {TABLE}.due_at >= %s AND earlier.id IS NULL"
+    "UPDATE {table} LEFT JOIN {table} AS earlier ON earlier.receiver = {table}.receiver "
+    "AND earlier.open_key = CAST({table}.ordering_key AS BINARY) AND earlier.id < {table}.id "
+    "AND earlier.status = '{failed}' SET {table}.available_at = {now} "
+    "WHERE {table}.status = '{pending}' AND {table}.due_at >= %s AND earlier.id IS NULL"
 )

@@ -13,7 +13,8 @@ and strings holding NUL are tagged as their NUL-free parts. SQLite gets the same
 so both databases deliver the same values.
 
 Model instances are stored as label, database, primary key and a snapshot of their
-concrete field values.
+concrete field values. :func:`references` finds them in a stored payload without decoding
+it: the one walker of this format for readers other than the decoder's own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import sys
 import uuid
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.db import models
@@ -34,7 +35,7 @@ from django.http import HttpRequest
 
 from .exceptions import PayloadTooLarge, SerializationError
 
-__all__ = ["dumps", "encode", "encode_payload"]
+__all__ = ["TAG", "dumps", "encode", "encode_payload", "references"]
 
 TAG = "__outbox__"
 _MAX_DEPTH = 64
@@ -243,6 +244,53 @@ def encode_payload(sender: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         elif order is not None:
             payload["kwargs"] = [[name, value] for name, value in names.items()]
     return payload
+
+
+#: The tags of references to models: an instance (label, db, pk, fields) or a class (label).
+_REFERENCES = ("model", "modelclass")
+
+
+def references(
+    payload: Any, where: str = "payload", depth: int = _MAX_DEPTH
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each model instance or class a stored payload names, as ``(path, reference)``, in
+    the payload's order; a reference is the tagged object (``label``, a str, and for an
+    instance ``db`` and ``pk``).
+
+    Paths read ``payload.kwargs.instance``, ``payload.kwargs.pk_set[0]``: the contents of
+    a tagged value (a tuple's items, an instance's snapshot) take the tagged value's path.
+    Nothing more than ``depth`` levels down is visited. Only data is read: no model is
+    imported, and a malformed payload yields what it can instead of raising. Used by the
+    worker's decoder (to fetch a batch's instances in bulk) and the admin (to link them).
+    """
+    # Depth first, with a stack rather than recursion (no generator per level); a path is
+    # a (parent, step) pair made into text only for a reference found.
+    stack: list[tuple[Any, Any, int]] = [(payload, where, 0)]
+    while stack:
+        value, path, level = stack.pop()
+        if level > depth:
+            continue
+        kind = type(value)
+        if kind is list:
+            stack.extend((value[i], (path, i), level + 1) for i in range(len(value) - 1, -1, -1))
+        elif kind is dict:
+            tag = value.get(TAG)
+            if tag is None:
+                children = [(item, (path, key), level + 1) for key, item in value.items()]
+            else:
+                if tag in _REFERENCES and type(value.get("label")) is str:
+                    yield _dotted(path), value
+                children = [(item, path, level + 1) for item in value.values()]
+            stack.extend(reversed(children))
+
+
+def _dotted(path: Any) -> str:
+    """A (parent, step) path of :func:`references` as text: ``payload.kwargs.items[2]``."""
+    steps = []
+    while type(path) is tuple:
+        path, step = path
+        steps.append(f"[{step}]" if type(step) is int else f".{step}")
+    return str(path) + "".join(reversed(steps))
 
 
 # For each tuple of argument names: None if jsonb keeps their order, else what "order" says

@@ -30,7 +30,7 @@ from .concurrent import recycle_connections
 from .conf import DEFAULTS, settings
 from .dispatch import Dispatcher, InProcessDispatcher, get_dispatcher
 from .heartbeat import Heartbeat
-from .listener import Listener, can_listen
+from .wakeup import Listener, can_listen
 
 __all__ = ["Worker", "reconnect_pause"]
 

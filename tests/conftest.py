@@ -270,7 +270,7 @@ def listening_sessions() -> int:
 
     A worker waiting on LISTEN holds the outbox's "waiting" advisory lock (queries.py).
     """
-    from outbox.queries import wake_locks
+    from outbox.wakeup import wake_locks
 
     (waiting_class, _), _ = wake_locks("outbox")
     with connection.cursor() as cursor:

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from outbox.listener import Listener
+from outbox.wakeup import Listener
 from tests.conftest import postgres_only
 from tests.testapp.signals import pinged
 

@@ -14,9 +14,9 @@ from django.test.utils import CaptureQueriesContext
 import outbox
 from outbox import operations, queries
 from outbox.exceptions import RegistrationError, SerializationError
-from outbox.listener import Listener
 from outbox.models import Event
 from outbox.registry import registry
+from outbox.wakeup import Listener
 from tests.conftest import calls, postgres_only, wait_for
 from tests.testapp import steered as st
 from tests.testapp.models import Person
