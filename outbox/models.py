@@ -210,7 +210,7 @@ class Event(models.Model):
                 name="outbox_event_queue_due",
                 condition=models.Q(status__in=["pending", "running"]),
             ),
-            # Serves the head-of-key test of the claim (queries.HEAD_OF_KEY) and parking:
+            # Serves the head-of-key test of each claim statement in queries.py, and parking:
             # the unfinished rows of one receiver and key, in id order. Unkeyed rows and
             # done or discarded ones are left out, so it stays the size of the backlog of
             # ordered events.

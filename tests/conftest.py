@@ -268,7 +268,7 @@ def wait_for(predicate, timeout=30.0, interval=0.02):
 def listening_sessions() -> int:
     """PostgreSQL sessions on the test database waiting for a NOTIFY: one per idle worker.
 
-    A worker waiting on LISTEN holds the outbox's "waiting" advisory lock (queries.py).
+    A worker waiting on LISTEN holds the outbox's "waiting" advisory lock (outbox.wakeup).
     """
     from outbox.wakeup import wake_locks
 

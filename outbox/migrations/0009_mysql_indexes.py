@@ -16,7 +16,7 @@ between releases) and stores numbers as doubles; on MariaDB, Django's JSON colum
 allows. The outbox writes valid JSON and delivers payloads exactly as it wrote them.
 
 ``outbox_key_lock`` is what PostgreSQL's advisory transaction locks do for senders of
-ordering keys (queries.lock_keys_mysql): one row per key hash, locked by an upsert until
+ordering keys (queries._insert_mysql): one row per key hash, locked by an upsert until
 the sender's transaction ends.
 
 A no-op on every other database.
