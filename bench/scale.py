@@ -47,12 +47,12 @@ _DONE = (
     _COLUMNS + "SELECT 'bench.benchapp.signals.work1', 'bench.benchapp.receivers.noop', "
     f"{_PAYLOAD}, 'done', 1, 8, now() - interval '30 days', '', now() - interval '30 days', '', '', "
     "'default', now() - interval '30 days', now() - interval '30 days' + g * interval '1 millisecond' "
-    "FROM generate_series(%s, %s) AS g"
+    "FROM generate_series(%s::int, %s::int) AS g"
 )
 _DUE = (
     _COLUMNS + "SELECT 'bench.benchapp.signals.work1', 'bench.benchapp.receivers.noop', "
     f"{_PAYLOAD}, 'pending', 0, 8, statement_timestamp(), '', statement_timestamp(), '', '', "
-    "'default', NULL, NULL FROM generate_series(1, %s)"
+    "'default', NULL, NULL FROM generate_series(1, %s::int)"
 )
 _SEND = (
     _COLUMNS + "VALUES ('bench.benchapp.signals.work1', 'bench.benchapp.receivers.noop', "
