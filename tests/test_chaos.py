@@ -17,7 +17,7 @@ from tests.conftest import disruptive, listening_sessions, postgres_only, skip_l
 from tests.testapp.models import Call
 from tests.testapp.signals import work
 
-pytestmark = [pytest.mark.django_db(transaction=True), skip_locked_only]
+pytestmark = [pytest.mark.django_db(transaction=True), skip_locked_only, pytest.mark.processes]
 
 
 def _terminate_other_sessions() -> int:

@@ -82,6 +82,7 @@ def test_the_claim_reads_only_due_rows_among_a_million_done():
     assert touched < table_pages / 10, f"{touched} pages of {table_pages}"
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_worker_memory_stays_flat():
     memory = scale.measure(10_000, worker_env())
