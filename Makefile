@@ -117,14 +117,14 @@ matrix-one:
 	DATABASE_URL=$(SQLITE_URL) .venv-$(MATRIX_NAME)/bin/python -m pytest -q $(PYTEST_ARGS)
 	DATABASE_URL=$(PG_URL) .venv-$(MATRIX_NAME)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-# The long fault runs (tests/chaos.py, tests/scale.py) on their own PostgreSQL database.
+# The long fault runs (stress/chaos.py, stress/scale.py) on their own PostgreSQL database.
 # Restarts the local PostgreSQL once: do not run it while others use the server.
 CHAOS_URL ?= postgres://postgres@127.0.0.1:5432/outbox_chaos
 CHAOS_EVENTS ?= 20000
 chaos: venv postgres-up
-	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4 --calm
-	$(PY) -m tests.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4
-	$(PY) -m tests.scale --database-url $(CHAOS_URL) --events 200000
+	$(PY) -m stress.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4 --calm
+	$(PY) -m stress.chaos --database-url $(CHAOS_URL) --events $(CHAOS_EVENTS) --workers 4
+	$(PY) -m stress.scale --database-url $(CHAOS_URL) --events 200000
 
 # The clock-skew tests (tests/test_clock_skew.py) run workers under Debian's libfaketime.
 .PHONY: faketime

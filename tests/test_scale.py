@@ -1,5 +1,5 @@
 """Scale facts: the claim reads only due rows however many are done, and worker memory
-stays flat. Full sizes run in ``make chaos`` (``tests/scale.py``)."""
+stays flat. Full sizes run in ``make chaos`` (``stress/scale.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from outbox import queries
-from tests import scale
+from stress import scale
 from tests.conftest import postgres_only, worker_env
 
 MiB = 1024 * 1024
