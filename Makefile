@@ -9,7 +9,7 @@ SQLITE_URL := sqlite:///$(CURDIR)/tests/.sqlite.db
 MYSQL_URL ?= $(or $(filter mysql%,$(DATABASE_URL)),mysql://root@127.0.0.1:3306/test)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint typecheck checks postgres-up clean test-matrix matrix-one
+.PHONY: venv demo demo-server bench bench-smoke bench-python test test-sqlite test-postgres test-mysql lint typecheck checks postgres-up clean test-matrix matrix-one test-fast test-fast-postgres
 .PHONY: chaos dist typecheck
 .PHONY: bench bench-smoke
 
@@ -55,6 +55,16 @@ checks: venv
 	DATABASE_URL=$(SQLITE_URL) $(PY) -m django makemigrations --check --dry-run --settings=tests.settings
 	cd example && ../$(PY) manage.py check --fail-level WARNING
 	cd example && ../$(PY) manage.py makemigrations --check --dry-run
+
+# The fast tier: the tests that start no process (-m "not slow": no worker, cluster, browser or
+# wheel build; tests/conftest.py marks them), on SQLite; about 40 s on 2 shared cores. The slow
+# tier is the rest (-m slow); `make test` runs both on every database.
+test-fast: venv
+	DATABASE_URL=$(SQLITE_URL) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The fast tier on PostgreSQL (PG_URL).
+test-fast-postgres: venv postgres-up
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-sqlite: venv chromium faketime
 	DATABASE_URL=$(SQLITE_URL) $(PY) -m pytest $(PYTEST_ARGS)
