@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
+import django
 import pytest
 from django.contrib.sessions.models import Session
 from django.db import connection, transaction
@@ -258,7 +259,14 @@ def test_a_bad_model_reference_fails_alone_and_the_others_get_fresh_rows(case, d
     assert Event.objects.filter(status="done").count() == 2
     bad.refresh_from_db()
     assert bad.status == "failed"
-    assert bad.last_error.startswith("DispatchError: testapp.Person cannot have the primary key")
+    too_large = case == "an integer too large for the column"
+    if too_large and connection.vendor == "sqlite" and django.VERSION < (5,):
+        # Django 4.2 gives SQLite no integer range to check a key against (5.0 does): the
+        # database refuses the fetch instead, and the event fails alone all the same.
+        assert bad.last_error.startswith("DispatchError: testapp.Person with the primary key ")
+        assert "cannot be fetched: OverflowError" in bad.last_error
+    else:
+        assert bad.last_error.startswith("DispatchError: testapp.Person cannot have the primary key")
 
 
 @postgres_only
