@@ -113,6 +113,8 @@ def _mark_tiers(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+# First, so that the tiers' markers are there when -m deselects.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     _mark_tiers(items)
     problem = _postgres_problem()
