@@ -117,7 +117,8 @@ dist: venv
 # <python>-<django> in its own virtualenv .venv-<cell> (the `mysql` extra built in when MariaDB is
 # among MATRIX_DATABASES), on SQLite (a file per cell), PG_URL and MYSQL_URL. A cell whose Python
 # is neither under pyenv nor on PATH is skipped with a note. Every cell runs even after one fails;
-# a table of results ends the run (each run's log: .venv-<cell>/pytest-<database>.log).
+# a table of results ends the run (each run's log, with its random seed, is in
+# .venv-<cell>/pytest-<database>.log).
 # MATRIX_TIER=fast runs the fast tier only. The whole suite takes about 5 minutes on SQLite and
 # longer on the servers: the full matrix (9 cells x 3 databases) is a job for CI or a night.
 # One corner: make test-matrix MATRIX_CELLS=3.10-4.2 MATRIX_DATABASES=sqlite MATRIX_TIER=fast
@@ -147,8 +148,8 @@ test-matrix: $(if $(filter fast,$(MATRIX_TIER)),,chromium faketime) $(if $(filte
 	      postgres) url=$(PG_URL);; mysql) url=$(MYSQL_URL);; esac; \
 	    echo "matrix: $$cell (Python $$($$venv/bin/python -c 'import platform; print(platform.python_version())'), Django $$django) on $$db"; \
 	    DATABASE_URL=$$url OUTBOX_SQLITE_TEST_NAME=$(CURDIR)/tests/.sqlite-test-$$cell.db \
-	      $$venv/bin/python -m pytest -q $(MATRIX_MARK) $(PYTEST_ARGS) > $$venv/pytest-$$db.log 2>&1; \
-	    status=$$?; summary=$$(tail -1 $$venv/pytest-$$db.log | tr -d '='); \
+	      $$venv/bin/python -m pytest $(MATRIX_MARK) $(PYTEST_ARGS) > $$venv/pytest-$$db.log 2>&1; \
+	    status=$$?; summary=$$(tail -1 $$venv/pytest-$$db.log | tr -d '=' | sed 's/^ *//; s/ *$$//'); \
 	    [ $$status = 0 ] || { failed="$$failed $$cell/$$db"; summary="FAILED: $$summary"; }; \
 	    echo "  $$summary"; report="$$report\n$$cell\t$$django\t$$db: $$summary"; \
 	  done; \
