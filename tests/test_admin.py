@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import sys
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -462,8 +463,13 @@ def test_a_payload_nested_too_deeply_for_python_is_shown_as_text_and_can_be_disc
     detail = operator.get(change_url(event))
     assert detail.status_code == 200
     html = detail.content.decode()
-    assert "cannot be displayed: nested too deeply" in html
-    assert "[[[[[[[[" in html
+    if connection.vendor == "sqlite" and sys.version_info >= (3, 13):
+        # SQLite keeps at most 1,000 levels, which Python 3.13 reads and indents: shown as JSON.
+        assert "cannot be displayed" not in html
+        assert '<pre class="outbox-pre">[\n  [' in html
+    else:
+        assert "cannot be displayed: nested too deeply" in html
+        assert "[[[[[[[[" in html
     response = operator.post(reverse("admin:outbox_event_discard", args=[event.pk]), follow=True)
     assert "1 event discarded." in messages_of(response)
     assert statuses() == {event.pk: S.DISCARDED}
