@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -107,5 +108,9 @@ def wanted(when: Callable[..., Any], receiver: str, sender: Any, kwargs: dict[st
     try:
         return bool(when(sender, **kwargs))
     except Exception as exc:
-        exc.add_note(f"raised by the when= predicate of outbox receiver {receiver}")
+        note = f"raised by the when= predicate of outbox receiver {receiver}"
+        if sys.version_info >= (3, 11):
+            exc.add_note(note)
+        else:  # PEP 678's fallback: the same __notes__, which 3.10's tracebacks do not print
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]
         raise

@@ -94,7 +94,29 @@ def pytest_report_header(config):
     return f"outbox test database: {_vendor()} ({where})"
 
 
+#: Fixtures that start real processes (``manage.py run_outbox``, ``manage.py qcluster``): a test
+#: that uses one is marked ``processes`` without saying so itself.
+PROCESS_FIXTURES = frozenset({"worker_process", "cluster"})
+
+#: Markers that put a test in the slow tier, which ``make test-fast`` (``-m "not slow"``) leaves
+#: out: every test that starts a process, drives a browser or builds the wheel is slow.
+SLOW_MARKERS = ("processes", "browser", "packaging")
+
+
+def _mark_tiers(items) -> None:
+    for item in items:
+        if PROCESS_FIXTURES.intersection(item.fixturenames) or any(
+            item.get_closest_marker(name) for name in ("browser", "packaging")
+        ):
+            item.add_marker(pytest.mark.processes)
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
+
+
+# First, so that the tiers' markers are there when -m deselects.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    _mark_tiers(items)
     problem = _postgres_problem()
     if problem is None:
         return
@@ -156,6 +178,21 @@ def redis_db():
     yield client
     delete_test_keys(client)
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_where_marked(request, monkeypatch):
+    """Fail a test that starts a process without the ``processes`` marker, so that the fast
+    tier (``-m "not slow"``) stays free of them: mark the test, or use ``worker_process``."""
+    if request.node.get_closest_marker("processes") is not None:
+        return
+
+    def refuse(self, args, *more, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process ({args!r}) without @pytest.mark.processes"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(autouse=True)

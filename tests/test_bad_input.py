@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
+import django
 import pytest
 from django.contrib.sessions.models import Session
 from django.db import connection, transaction
@@ -258,7 +260,14 @@ def test_a_bad_model_reference_fails_alone_and_the_others_get_fresh_rows(case, d
     assert Event.objects.filter(status="done").count() == 2
     bad.refresh_from_db()
     assert bad.status == "failed"
-    assert bad.last_error.startswith("DispatchError: testapp.Person cannot have the primary key")
+    too_large = case == "an integer too large for the column"
+    if too_large and connection.vendor == "sqlite" and django.VERSION < (5,):
+        # Django 4.2 gives SQLite no integer range to check a key against (5.0 does): the
+        # database refuses the fetch instead, and the event fails alone all the same.
+        assert bad.last_error.startswith("DispatchError: testapp.Person with the primary key ")
+        assert "cannot be fetched: OverflowError" in bad.last_error
+    else:
+        assert bad.last_error.startswith("DispatchError: testapp.Person cannot have the primary key")
 
 
 @postgres_only
@@ -286,8 +295,10 @@ def test_a_key_the_database_refuses_fails_alone_and_the_others_get_fresh_rows(dr
 
 
 def test_a_payload_nested_deeper_than_the_json_parser_goes_fails_alone(drain):
-    # Both databases accept 990 levels of JSON; Python's parser stops at about 1000 frames
-    # of its own, so this row cannot even be parsed in the worker.
+    # Both databases accept 990 levels of JSON. Up to Python 3.11 the parser's C frames count
+    # against the recursion limit (1000, the worker's own frames included), so this row cannot
+    # even be parsed in the worker; from 3.12 they have a limit of their own, and the payload
+    # decoder's depth limit refuses it instead.
     before = _row(payload={"sender": None, "kwargs": {"n": 1}})
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     deep = "[" * 990 + "]" * 990
@@ -309,7 +320,10 @@ def test_a_payload_nested_deeper_than_the_json_parser_goes_fails_alone(drain):
     drain()
     bad = Event.objects.exclude(pk__in=[before.pk, after.pk]).values("status", "last_error").get()
     assert bad["status"] == "failed"
-    assert bad["last_error"].startswith("DispatchError: the payload is not valid JSON")
+    if sys.version_info >= (3, 12):
+        assert bad["last_error"] == "DispatchError: the payload is nested too deeply"
+    else:
+        assert bad["last_error"].startswith("DispatchError: the payload is not valid JSON")
     assert sorted(PROBES) == [("probe_a", 1), ("probe_a", 2)]
 
 

@@ -1,7 +1,7 @@
 """Chaos on PostgreSQL (and on MariaDB/MySQL, but the server restart), at a size that fits
 in CI: killed workers, lost connections and a restarted server lose nothing, and
 duplicates stay within the rows in flight.
-``make chaos`` runs the same code (``tests/chaos.py``) at full size."""
+``make chaos`` runs the same code (``stress/chaos.py``) at full size."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 from django.db import connection
 
 from outbox.models import Event
-from tests import chaos
+from stress import chaos
 from tests.conftest import disruptive, listening_sessions, postgres_only, skip_locked_only, wait_for
 from tests.testapp.models import Call
 from tests.testapp.signals import work
 
-pytestmark = [pytest.mark.django_db(transaction=True), skip_locked_only]
+pytestmark = [pytest.mark.django_db(transaction=True), skip_locked_only, pytest.mark.processes]
 
 
 def _terminate_other_sessions() -> int:

@@ -26,6 +26,7 @@ def test_a_clean_configuration_has_no_errors():
     assert checks.check_settings() == []
 
 
+@pytest.mark.processes
 def test_not_in_installed_apps_is_outbox_e001():
     script = (
         "import django; from django.conf import settings;"
@@ -101,6 +102,7 @@ def test_unapplied_migrations_are_outbox_w001():
         call_command("migrate", "outbox", verbosity=0)
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_refuses_to_start_on_an_unmigrated_database():
     call_command("migrate", "outbox", "zero", verbosity=0)

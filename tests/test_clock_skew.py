@@ -28,6 +28,7 @@ LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
+    pytest.mark.processes,
     pytest.mark.skipif(
         not any(name in settings.DATABASES["default"]["ENGINE"] for name in ("postgresql", "mysql")),
         reason="SQLite runs on one machine: every process reads the same clock, nothing to skew",

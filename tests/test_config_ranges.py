@@ -138,6 +138,7 @@ def manage(*args, env=None):
     )
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_process_refuses_to_start_on_a_setting_out_of_range_naming_it():
     out = manage("run_outbox", "--once", env={"OUTBOX_TEST_LEASE_SECONDS": "1e12"})
@@ -146,6 +147,7 @@ def test_the_worker_process_refuses_to_start_on_a_setting_out_of_range_naming_it
     assert "Traceback" not in out.stdout + out.stderr
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "args, message",
     [

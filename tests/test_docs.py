@@ -13,6 +13,8 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import pytest
+
 import outbox
 from outbox.conf import DEFAULTS
 
@@ -183,6 +185,7 @@ def test_the_readme_sends_readers_to_every_page():
     assert sorted(unlinked) == ["index.md"]
 
 
+@pytest.mark.processes
 def test_the_readme_quickstart_runs_pasted_into_a_new_project(tmp_path):
     section = README.read_text().split("## Quickstart", 1)[1]
     script = re.search(r"```sh\n(.*?)\n```", section, re.DOTALL).group(1)

@@ -209,6 +209,7 @@ _WITHOUT = textwrap.dedent(
 )
 
 
+@pytest.mark.processes
 def test_without_the_libraries_the_worker_runs_unchanged_and_the_port_is_refused():
     env = {**worker_env(), "DJANGO_SETTINGS_MODULE": "tests.settings"}
     done = subprocess.run(

@@ -231,6 +231,7 @@ def _status_process(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.processes
 def test_exit_status_of_a_real_process_for_health_checks():
     healthy = _status_process("--max-lag", "60", "--max-failed", "0")
     assert healthy.returncode == 0, healthy.stderr

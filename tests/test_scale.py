@@ -1,5 +1,5 @@
 """Scale facts: the claim reads only due rows however many are done, and worker memory
-stays flat. Full sizes run in ``make chaos`` (``tests/scale.py``)."""
+stays flat. Full sizes run in ``make chaos`` (``stress/scale.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from outbox import planner_statistics, queries
-from tests import scale
+from stress import scale
 from tests.conftest import postgres_only, wait_for, worker_env
 
 MiB = 1024 * 1024
@@ -82,6 +82,7 @@ def test_the_claim_reads_only_due_rows_among_a_million_done():
     assert touched < table_pages / 10, f"{touched} pages of {table_pages}"
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_worker_memory_stays_flat():
     memory = scale.measure(10_000, worker_env())

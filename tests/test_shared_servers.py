@@ -8,11 +8,14 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 from tests.conftest import DISRUPTIVE_VARIABLE, REDIS_PREFIX, ROOT, delete_test_keys
 
 RESTART_TEST = "tests/test_chaos.py::test_a_postgresql_restart_amid_kills_loses_nothing"
 
 
+@pytest.mark.processes
 def test_the_postgresql_restart_test_is_skipped_unless_opted_in():
     env = {k: v for k, v in os.environ.items() if k != DISRUPTIVE_VARIABLE}
     # Collected and set up in a child pytest: skipif markers are evaluated at set-up, and

@@ -264,6 +264,7 @@ def test_drain_in_the_test_transaction_sees_rows_no_other_connection_sees(db):
     assert len(testing.drain()) == 1
 
 
+@pytest.mark.processes
 def test_django_s_own_runner_runs_the_testcase_tests(tmp_path):
     """The TestCase classes of tests/test_testing_django.py, through ``manage.py test``
     (Django's DiscoverRunner) in a process of its own, on a SQLite database of its own."""
@@ -296,6 +297,7 @@ def test_django_s_own_runner_runs_the_testcase_tests(tmp_path):
     assert "test_capture_and_on_commit_receivers" in done.stderr
 
 
+@pytest.mark.processes
 def test_the_example_site_s_own_tests_pass():
     """example/social/tests.py uses outbox.testing as a project would (SQLite in memory)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}

@@ -1,6 +1,6 @@
 """Scale facts: worker memory over many events.
 
-``python -m tests.scale --events 200000`` (``make chaos`` runs it) drains that many events
+``python -m stress.scale --events 200000`` (``make chaos`` runs it) drains that many events
 through one ``run_outbox`` process and prints its resident memory once it is warm (10% of
 the events done) and at the end. ``tests/test_scale.py`` runs it at a size that fits in CI.
 
@@ -109,7 +109,7 @@ def measure(events: int, env: dict[str, str], batch_size: int = 100) -> Memory:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.chaos import DEFAULT_URL, _setup
+    from stress.chaos import DEFAULT_URL, _setup
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)

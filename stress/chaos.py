@@ -4,9 +4,9 @@ are counted and must stay within the rows that were in flight when something die
 
 ``make chaos`` runs it at full size on its own database::
 
-    python -m tests.chaos --events 20000 --workers 4          # kills and one restart
-    python -m tests.chaos --events 20000 --workers 4 --calm   # neither: no duplicates at all
-    python -m tests.chaos --events 20000 --workers 4 --no-restart --concurrency 8
+    python -m stress.chaos --events 20000 --workers 4          # kills and one restart
+    python -m stress.chaos --events 20000 --workers 4 --calm   # neither: no duplicates at all
+    python -m stress.chaos --events 20000 --workers 4 --no-restart --concurrency 8
 
 ``tests/test_chaos.py`` runs the same code at a size that fits in CI.
 
