@@ -257,6 +257,11 @@ BENCH_SCALE_PG ?= postgres://postgres@127.0.0.1:5432/bench_scale
 bench-scale: venv postgres-up
 	$(PY) -m bench.scale --pg $(BENCH_SCALE_PG) $(BENCH_SCALE_ARGS)
 
+# The empty claim planned each time or prepared (bench/prepared_claim.py; docs/worker.md).
+.PHONY: bench-prepared
+bench-prepared: venv postgres-up
+	$(PY) -m bench.prepared_claim --pg $(BENCH_SCALE_PG)_prepared
+
 .PHONY: bench-bloat
 bench-bloat: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.bloat --pg $(BENCH_PG) $(BENCH_BLOAT_ARGS)

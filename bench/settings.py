@@ -18,6 +18,10 @@ DATABASES = {
         conn_max_age=int(os.environ["BENCH_CONN_MAX_AGE"]) if os.environ.get("BENCH_CONN_MAX_AGE") else None,
     )
 }
+# BENCH_PREPARE_THRESHOLD=5 lets psycopg prepare the worker's claim (Django's OPTIONS;
+# Django's default, None, prepares nothing): see outbox.queries._claim_cursor.
+if os.environ.get("BENCH_PREPARE_THRESHOLD"):
+    DATABASES["default"]["OPTIONS"] = {"prepare_threshold": int(os.environ["BENCH_PREPARE_THRESHOLD"])}
 SECRET_KEY = "bench-only"
 DEBUG = False
 USE_TZ = True

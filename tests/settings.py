@@ -26,6 +26,11 @@ if DATABASES["default"]["ENGINE"].endswith("mysql"):
     DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 
+# OUTBOX_TEST_PREPARE_THRESHOLD=0: psycopg prepares the claim (Django's OPTIONS; its default
+# prepares nothing), for a run of the suite with prepared claims (docs/worker.md).
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get("OUTBOX_TEST_PREPARE_THRESHOLD"):
+    DATABASES["default"]["OPTIONS"] = {"prepare_threshold": int(os.environ["OUTBOX_TEST_PREPARE_THRESHOLD"])}
+
 SECRET_KEY = "tests-only"
 DEBUG = False
 USE_TZ = True

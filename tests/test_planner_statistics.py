@@ -91,3 +91,40 @@ def test_worker_analyze_takes_true_or_false():
 
     errors = [e for e in checks.run_checks() if e.id == "outbox.E004"]
     assert any("WORKER_ANALYZE" in e.msg for e in errors)
+
+
+def _due_index_entries() -> float:
+    """The live entries the planner believes ``outbox_event_due`` holds."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'outbox_event_due'")
+        return cursor.fetchone()[0]
+
+
+def test_the_worker_s_analyze_gives_the_planner_the_due_index_as_it_is_behind_dead_rows():
+    # As tests/test_scale.py builds it: 20,000 finished events whose dead entries a held
+    # snapshot keeps, then 300 due; the statistics were taken while the table was empty.
+    import psycopg
+
+    from tests.test_scale import _LIFE
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE outbox_event")
+    params = dict(connection.get_connection_params())
+    params.pop("cursor_factory", None)
+    with psycopg.connect(**params) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM outbox_event").fetchone()
+        with connection.cursor() as cursor:
+            cursor.execute(_LIFE, [20000])
+            cursor.execute(
+                "UPDATE outbox_event SET status = 'running', lease_token = 't', "
+                "available_at = now() - interval '1 second'"
+            )
+            cursor.execute("UPDATE outbox_event SET status = 'done', finished_at = now(), lease_token = NULL")
+            cursor.execute(_LIFE, [300])
+        assert _due_index_entries() < 50, "stale: the planner believes the due index nearly empty"
+        wait_for(lambda: planner_statistics.stale("default"), timeout=10)
+        assert planner_statistics.analyze_if_stale("default")
+        # Every live row is in ANALYZE's sample here (20,300 < 30,000): the estimate is exact.
+        assert _due_index_entries() == 300
+        holder.rollback()
