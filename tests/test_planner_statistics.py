@@ -103,28 +103,13 @@ def _due_index_entries() -> float:
 def test_the_worker_s_analyze_gives_the_planner_the_due_index_as_it_is_behind_dead_rows():
     # As tests/test_scale.py builds it: 20,000 finished events whose dead entries a held
     # snapshot keeps, then 300 due; the statistics were taken while the table was empty.
-    import psycopg
-
-    from tests.test_scale import _LIFE
+    from tests.test_scale import dead_rows_kept
 
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE outbox_event")
-    params = dict(connection.get_connection_params())
-    params.pop("cursor_factory", None)
-    with psycopg.connect(**params) as holder:
-        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM outbox_event").fetchone()
-        with connection.cursor() as cursor:
-            cursor.execute(_LIFE, [20000])
-            cursor.execute(
-                "UPDATE outbox_event SET status = 'running', lease_token = 't', "
-                "available_at = now() - interval '1 second'"
-            )
-            cursor.execute("UPDATE outbox_event SET status = 'done', finished_at = now(), lease_token = NULL")
-            cursor.execute(_LIFE, [300])
+    with dead_rows_kept(20000, due=300):
         assert _due_index_entries() < 50, "stale: the planner believes the due index nearly empty"
         wait_for(lambda: planner_statistics.stale("default"), timeout=10)
         assert planner_statistics.analyze_if_stale("default")
         # Every live row is in ANALYZE's sample here (20,300 < 30,000): the estimate is exact.
         assert _due_index_entries() == 300
-        holder.rollback()

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from outbox import queries
 from outbox.models import Event
 from tests.conftest import postgres_only
-from tests.test_scale import _LIFE, _nodes
+from tests.test_scale import _nodes, dead_rows_kept
 from tests.testapp.signals import pinged
 
 pytestmark = [postgres_only, pytest.mark.django_db(transaction=True)]
@@ -79,21 +79,7 @@ def test_with_a_threshold_the_claim_is_prepared_and_claims_as_before(threshold):
 
 
 def test_the_cached_generic_plan_walks_the_due_index_in_order_over_dead_rows(threshold):
-    import psycopg
-
-    params = dict(connection.get_connection_params())
-    params.pop("cursor_factory", None)
-    with psycopg.connect(**params) as holder:  # dead entries VACUUM cannot remove, as in test_scale
-        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM outbox_event").fetchone()
-        with connection.cursor() as cursor:
-            cursor.execute(_LIFE, [20000])
-            cursor.execute(
-                "UPDATE outbox_event SET status = 'running', lease_token = 't', "
-                "available_at = now() - interval '1 second'"
-            )
-            cursor.execute("UPDATE outbox_event SET status = 'done', finished_at = now(), lease_token = NULL")
-            cursor.execute("ANALYZE outbox_event")
+    with dead_rows_kept(20000, analyze=True):
         threshold(0)
         for _ in range(3):
             queries.claim("default", 100, 60, "w")  # finds nothing: the plan is what matters
@@ -113,7 +99,6 @@ def test_the_cached_generic_plan_walks_the_due_index_in_order_over_dead_rows(thr
             plan = cursor.fetchone()[0]
             cursor.execute("DEALLOCATE generic_claim")
             cursor.execute("RESET plan_cache_mode")
-        holder.rollback()
     plan = plan[0]["Plan"] if isinstance(plan, list) else plan
     nodes = list(_nodes(plan))
     kinds = {node["Node Type"] for node in nodes}

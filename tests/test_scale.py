@@ -3,6 +3,7 @@ stays flat. Full sizes run in ``make chaos`` (``stress/scale.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -100,32 +101,44 @@ _LIFE = (
 )
 
 
+@contextlib.contextmanager
+def dead_rows_kept(finished: int, due: int = 0, analyze: bool = False):
+    """``finished`` events taken through their whole life (pending, running, done) while a
+    ``REPEATABLE READ`` snapshot is held open in another session, so that their dead row
+    versions stay, and so do their entries in the due index (two each); then ``due``
+    events due now, and an ANALYZE if asked. The snapshot is held until the block ends."""
+    import psycopg
+
+    params = dict(connection.get_connection_params())
+    params.pop("cursor_factory", None)
+    with psycopg.connect(**params) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM outbox_event").fetchone()
+        with connection.cursor() as cursor:
+            cursor.execute(_LIFE, [finished])
+            cursor.execute(
+                "UPDATE outbox_event SET status = 'running', lease_token = 't', "
+                "available_at = now() - interval '1 second'"
+            )
+            cursor.execute("UPDATE outbox_event SET status = 'done', finished_at = now(), lease_token = NULL")
+            if due:
+                cursor.execute(_LIFE, [due])
+            if analyze:
+                cursor.execute("ANALYZE outbox_event")
+        try:
+            yield
+        finally:
+            holder.rollback()
+
+
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_the_claim_walks_the_due_index_in_order_over_dead_rows_vacuum_cannot_remove():
     # With fresh statistics. With statistics taken while the table was empty the planner
     # chooses a bitmap scan and a sort of every entry (tests/test_planner_statistics.py shows
     # what the worker's ANALYZE corrects); even fresh, the two plans' costs are close here.
-    import psycopg
-
-    params = dict(connection.get_connection_params())
-    params.pop("cursor_factory", None)
-    # A snapshot held open in another session: the dead row versions of finished events
-    # stay, and so do their entries in the due index (two per event: pending, running).
-    with psycopg.connect(**params) as holder:
-        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM outbox_event").fetchone()
-        with connection.cursor() as cursor:
-            cursor.execute(_LIFE, [20000])
-            cursor.execute(
-                "UPDATE outbox_event SET status = 'running', lease_token = 't', "
-                "available_at = now() - interval '1 second'"
-            )
-            cursor.execute("UPDATE outbox_event SET status = 'done', finished_at = now(), lease_token = NULL")
-            cursor.execute(_LIFE, [300])  # due now
-            cursor.execute("ANALYZE outbox_event")
+    with dead_rows_kept(20000, due=300, analyze=True):
         plan = _claim_plan(batch_size=100, analyze=False)
-        holder.rollback()
     nodes = list(_nodes(plan))
     kinds = {node["Node Type"] for node in nodes}
     assert not kinds & {"Sort", "Incremental Sort", "Bitmap Heap Scan", "Bitmap Index Scan", "Seq Scan"}, (
