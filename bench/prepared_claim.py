@@ -2,10 +2,12 @@
 
 Beside ``--done`` done events (written as ``bench/scale.py`` writes them, vacuumed and
 analyzed), times ``--claims`` claims that find nothing, in turn, ``--rounds`` times: through a
-client-side binding cursor (what Django's psycopg backend uses: planned on every call),
-a server-side binding cursor without preparing, and the same prepared (what
-``outbox.queries._claim_cursor`` does when the connection's ``prepare_threshold`` allows).
-Also prints the planning and execution times ``EXPLAIN ANALYZE`` gives::
+client-side binding cursor (what Django's psycopg backend uses: planned on every call), the
+same after the planner settings that pin the claim's plan (what the worker sends:
+``outbox.queries.PIN_PLAN_POSTGRESQL``), a server-side binding cursor without preparing, and
+the same prepared (what ``outbox.queries._claim_cursor`` does when the connection's
+``prepare_threshold`` allows). Also prints the planning and execution times ``EXPLAIN
+ANALYZE`` gives::
 
     .venv/bin/python -m bench.prepared_claim --pg postgres://postgres@127.0.0.1:5432/bench_prepared
 """
@@ -46,18 +48,25 @@ def main() -> None:
     import django
 
     django.setup()
-    from outbox.queries import CLAIM_POSTGRESQL
+    from outbox.queries import _PIN_PLAN_POSTGRESQL, CLAIM_POSTGRESQL
 
     params = {"token": "t", "lease": 60.0, "limit": 100, "worker": "bench"}
     with scale.connect() as conn:
         log(f"writing {args.done:,} done events")
         scale.fill(conn, args.done)
         client, server = psycopg.ClientCursor(conn), psycopg.Cursor(conn)
-        rounds: dict[str, list[float]] = {"client": [], "server": [], "prepared": []}
+        rounds: dict[str, list[float]] = {"client": [], "pinned": [], "server": [], "prepared": []}
+
+        def pinned() -> None:  # what the worker sends: the plan's settings, then the claim
+            client.execute(_PIN_PLAN_POSTGRESQL + CLAIM_POSTGRESQL, params)
+            client.nextset()
+            client.fetchall()
+
         for round_ in range(args.rounds):
             rounds["client"].append(
                 _median_ms(lambda: client.execute(CLAIM_POSTGRESQL, params).fetchall(), args.claims)
             )
+            rounds["pinned"].append(_median_ms(pinned, args.claims))
             rounds["server"].append(
                 _median_ms(
                     lambda: server.execute(CLAIM_POSTGRESQL, params, prepare=False).fetchall(), args.claims

@@ -47,6 +47,7 @@ __all__ = [
     "COMPLETE_POSTGRESQL",
     "OVERDUE_MARK",
     "PARKED",
+    "PIN_PLAN_POSTGRESQL",
     "PRUNABLE",
     "TABLE",
     "Claimed",
@@ -327,6 +328,36 @@ _FINISH_POSTGRESQL = (
 # its first entry (parameters after_at, after_id): see claim_after(). The row comparison is
 # the start of the index range, so the dead entries before it are never read.
 _AFTER_POSTGRESQL = " AND (available_at, id) >= (%(after_at)s, %(after_id)s)"
+
+# The claim's plan, pinned, whatever the statistics say: an ordered walk of the due index
+# stopped by the LIMIT, and the batch's rows found by primary key (a nested loop over at
+# most ``limit`` rows). The planner's alternatives, a bitmap or sequential scan and a sort of
+# every due entry, or a hash join over the whole table, cost about the same on paper when it
+# believes the table small (stale statistics), and read every dead entry and every due row
+# on each claim behind a backlog or a held xmin horizon (BENCHMARKS.md, "Bloat"). So the
+# claim runs with sorts, bitmap and sequential scans, hash and merge joins disabled, which
+# leaves those plans only where nothing else can do (the named-queues claim's sort of the
+# queues' first rows), and without JIT compilation, which the disabled plans' costs would
+# otherwise set off (tens of milliseconds). set_config(..., true) is SET LOCAL; sent before
+# the claim in one simple-protocol message, which PostgreSQL runs as one implicit
+# transaction, so it holds for the claim and ends with it: no extra round trip, nothing left
+# on the session for the receivers' own queries. Only for a claim that is its own
+# transaction (in a caller's atomic block SET LOCAL would outlive the claim) sent by a
+# client-side binding cursor (a server-side bound one sends one statement a message; see
+# _claim_cursor()).
+PIN_PLAN_POSTGRESQL = {
+    "enable_sort": "off",
+    "enable_bitmapscan": "off",
+    "enable_seqscan": "off",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+    "jit": "off",
+}
+_PIN_PLAN_POSTGRESQL = (
+    "SELECT "
+    + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in PIN_PLAN_POSTGRESQL.items())
+    + "; "
+)
 
 
 def _claim_postgresql(queues: bool, finish: bool, bookkeeping: str, after: bool = False) -> str:
@@ -827,7 +858,12 @@ def claim_after(
             sql = _claim_sqlite_queues(len(chosen))
             params.update({f"queue_{n}": queue for n, queue in enumerate(chosen)})
     with _claim_cursor(connection) as cursor:
+        pinned = postgresql and _own_transaction(connection) and _binds_client_side(cursor)
+        if pinned:
+            sql = _PIN_PLAN_POSTGRESQL + sql
         cursor.execute(sql, params)
+        if pinned:
+            cursor.nextset()  # past the settings' row, to the claim's
         found = cursor.fetchall()
     position = None
     if postgresql:
@@ -857,6 +893,14 @@ def _claim_cursor(connection: BaseDatabaseWrapper) -> Any:
         cursor.cursor = ServerBindingCursor(raw.connection)  # type: ignore[call-arg]  # stubs: no __init__
         raw.close()
     return cursor
+
+
+def _binds_client_side(cursor: Any) -> bool:
+    """Whether Django's PostgreSQL ``cursor`` merges parameters into the statement (psycopg's
+    ClientCursor, Django's default), which lets one message carry several statements."""
+    import psycopg
+
+    return isinstance(cursor.cursor, psycopg.ClientCursor)
 
 
 # take(): a compare-and-set on the relay's ticket; ``returning`` is _TAKEN but on MySQL.
@@ -913,9 +957,14 @@ def _bookkeeping(connection: BaseDatabaseWrapper) -> str:
     transaction on PostgreSQL, when OUTBOX["WORKER_ASYNC_COMMIT"] is on; else ""."""
     if connection.vendor != "postgresql" or not settings.WORKER_ASYNC_COMMIT:
         return ""
-    if connection.in_atomic_block or not connection.get_autocommit():
+    if not _own_transaction(connection):
         return ""  # the caller's transaction: its commit is not ours to change
     return ASYNC_COMMIT_POSTGRESQL
+
+
+def _own_transaction(connection: BaseDatabaseWrapper) -> bool:
+    """Whether a statement sent now is its own transaction (autocommit, outside atomic())."""
+    return not connection.in_atomic_block and connection.get_autocommit()
 
 
 def _fenced_update(

@@ -4,6 +4,7 @@ stays flat. Full sizes run in ``make chaos`` (``stress/scale.py``)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 
 import pytest
@@ -20,23 +21,30 @@ class _Captured(Exception):
     pass
 
 
-def _claim_plan(batch_size: int, analyze: bool = True) -> dict:
-    """EXPLAIN (ANALYZE, BUFFERS) of the claim statement exactly as queries.claim() sends it
-    (``analyze=False``: the plan alone, nothing run)."""
+def _claim_plan(batch_size: int, analyze: bool = True, **claim) -> dict:
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim statement exactly as queries.claim_after()
+    sends it (``analyze=False``: the plan alone, nothing run; ``claim``: claim_after's
+    keywords); the whole EXPLAIN output, its plan under "Plan"."""
     plans = []
     options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
 
     def explain(execute, sql, params, many, context):
         if "SKIP LOCKED" not in sql:
             return execute(sql, params, many, context)
-        execute(f"EXPLAIN ({options}) " + sql, params, many, context)
+        # The claim's own message: its planner settings (queries.PIN_PLAN_POSTGRESQL, when
+        # the claim is its own transaction), then the claim, here explained.
+        settings, _, claim = sql.rpartition("; ")
+        settings = settings + "; " if settings else ""
+        execute(settings + f"EXPLAIN ({options}) " + claim, params, many, context)
+        if settings:
+            context["cursor"].nextset()
         plan = context["cursor"].fetchone()[0]
         plans.append(json.loads(plan) if isinstance(plan, str) else plan)
         raise _Captured
 
     with connection.execute_wrapper(explain), pytest.raises(_Captured):
-        queries.claim("default", batch_size, 60, "explain")
-    return plans[0][0]["Plan"]
+        queries.claim_after("default", batch_size, 60, "explain", **claim)
+    return plans[0][0]
 
 
 def _nodes(plan: dict):
@@ -65,7 +73,7 @@ def test_the_claim_reads_only_due_rows_among_a_million_done():
         cursor.execute("SELECT pg_relation_size('outbox_event') / current_setting('block_size')::int")
         table_pages = cursor.fetchone()[0]
 
-    plan = _claim_plan(batch_size=500)
+    plan = _claim_plan(batch_size=500)["Plan"]
     scans = [n for n in _nodes(plan) if n.get("Relation Name") == "outbox_event" and "Scan" in n["Node Type"]]
     assert not [n for n in scans if n["Node Type"] == "Seq Scan"], "no sequential scan of the table"
     [due] = [n for n in scans if n.get("Index Name") == "outbox_event_due"]
@@ -131,21 +139,78 @@ def dead_rows_kept(finished: int, due: int = 0, analyze: bool = False):
             holder.rollback()
 
 
+@contextlib.contextmanager
+def _planner(statistics: str):
+    """20,000 finished events whose dead entries a held snapshot keeps in the due index, and
+    300 due ones, as the planner sees them: ``fresh`` (analyzed now), ``stale`` (analyzed
+    while the table was empty: it believes the index nearly empty) or ``costly`` (fresh, but
+    random page reads priced 1,000 times a sequential one for this session: every plan but
+    the ordered walk looks cheaper, a bitmap scan and a sort or a sequential scan and a sort)."""
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE outbox_event")  # empty
+    with dead_rows_kept(20000, due=300, analyze=statistics != "stale"):
+        if statistics == "costly":
+            with connection.cursor() as cursor:
+                cursor.execute("SET random_page_cost = 4000")
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET random_page_cost")
+
+
+_CLAIMS = {
+    "every queue": {},
+    "from a position": {"after": (datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc), 0)},
+    "carrying done": {"done": ("t", [1, 2, 3])},
+    "named queues": {"queues": ["default", "other"]},
+}
+
+
 @postgres_only
 @pytest.mark.django_db(transaction=True)
-def test_the_claim_walks_the_due_index_in_order_over_dead_rows_vacuum_cannot_remove():
-    # With fresh statistics. With statistics taken while the table was empty the planner
-    # chooses a bitmap scan and a sort of every entry (tests/test_planner_statistics.py shows
-    # what the worker's ANALYZE corrects); even fresh, the two plans' costs are close here.
-    with dead_rows_kept(20000, due=300, analyze=True):
-        plan = _claim_plan(batch_size=100, analyze=False)
-    nodes = list(_nodes(plan))
-    kinds = {node["Node Type"] for node in nodes}
-    assert not kinds & {"Sort", "Incremental Sort", "Bitmap Heap Scan", "Bitmap Index Scan", "Seq Scan"}, (
-        kinds
-    )
-    # The batch's rows come from an ordered walk of the due index, stopped by the LIMIT.
+@pytest.mark.parametrize("claim", list(_CLAIMS))
+@pytest.mark.parametrize("statistics", ["fresh", "stale", "costly"])
+def test_the_claim_walks_the_due_index_in_order_over_dead_rows_vacuum_cannot_remove(statistics, claim):
+    # The worker's claim is its own transaction, sent with its plan pinned
+    # (queries.PIN_PLAN_POSTGRESQL): left to the planner, the costly case gives a hash join
+    # over the whole table, a sequential scan and a sort, and the others a bitmap scan and a
+    # sort of every due entry now and then (the plans' costs are close there).
+    with _planner(statistics):
+        explained = _claim_plan(batch_size=100, analyze=False, **_CLAIMS[claim])
+    assert "JIT" not in explained, "no JIT compilation"
+    nodes = list(_nodes(explained["Plan"]))
+    kinds = [node["Node Type"] for node in nodes]
+    assert not set(kinds) & {
+        "Incremental Sort",
+        "Bitmap Heap Scan",
+        "Bitmap Index Scan",
+        "Seq Scan",
+        "Hash Join",
+        "Merge Join",
+    }, kinds
+    # A sort only where nothing else can do: the named queues' first rows, at most
+    # ``limit`` from each queue.
+    sorts = [node["Sort Key"] for node in nodes if node["Node Type"] == "Sort"]
+    assert sorts == ([["one.due_at", "one.due_id"]] if claim == "named queues" else [])
+    # The batch's rows come from an ordered walk of the due index (of each queue), stopped
+    # by the LIMIT.
     [select] = [n for n in nodes if n["Node Type"] == "Limit" and n.get("Subplan Name") == "CTE due"]
-    walk = [n for n in _nodes(select) if n.get("Index Name") == "outbox_event_due"]
-    assert [n["Node Type"] for n in walk] == ["Index Scan"]
-    assert walk[0]["Scan Direction"] == "Forward"
+    due_indexes = ("outbox_event_due", "outbox_event_queue_due")
+    walks = [n for n in _nodes(select) if n.get("Index Name") in due_indexes]
+    assert [n["Node Type"] for n in walks] == ["Index Scan"]
+    assert walks[0]["Scan Direction"] == "Forward"
+    [lock] = [n for n in _nodes(select) if n["Node Type"] == "LockRows"]
+    assert lock["Plans"][0] is walks[0]
+    assert [n for n in _nodes(select) if n["Node Type"] == "Limit" and n["Plans"][0] is lock]
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_pinned_settings_end_with_the_claim():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_bitmapscan')")
+        before = cursor.fetchone()
+        queries.claim("default", 10, 60, "w")
+        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_bitmapscan')")
+        assert cursor.fetchone() == before == ("on", "on")
