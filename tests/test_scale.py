@@ -8,7 +8,7 @@ import datetime
 import json
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 
 from outbox import queries
 from stress import scale
@@ -207,10 +207,36 @@ def test_the_claim_walks_the_due_index_in_order_over_dead_rows_vacuum_cannot_rem
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
-def test_the_pinned_settings_end_with_the_claim():
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_bitmapscan')")
-        before = cursor.fetchone()
-        queries.claim("default", 10, 60, "w")
-        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_bitmapscan')")
-        assert cursor.fetchone() == before == ("on", "on")
+def test_the_pinned_settings_end_with_the_claim_even_when_it_fails():
+    import psycopg
+
+    from tests.testapp.signals import pinged
+
+    pinged.send(sender=None)
+    settings = ", ".join(f"current_setting('{name}')" for name in queries.PIN_PLAN_POSTGRESQL)
+
+    def pinned() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {settings}")
+            return set(cursor.fetchone())
+
+    assert pinned() == {"on"}
+    assert len(queries.claim("default", 10, 60, "w")[1]) == 1
+    assert pinned() == {"on"}, "the receivers' queries plan as they would anyway"
+    # A claim that fails (here: the table locked by another session beyond lock_timeout)
+    # takes its settings with it: the message was one transaction, rolled back.
+    params = dict(connection.get_connection_params())
+    params.pop("cursor_factory", None)
+    with psycopg.connect(**params) as other:
+        other.execute("LOCK TABLE outbox_event IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '100ms'")
+        try:
+            with pytest.raises(OperationalError, match="lock timeout"):
+                queries.claim("default", 10, 60, "w")
+            assert pinned() == {"on"}
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+    pinged.send(sender=None)
+    assert len(queries.claim("default", 10, 60, "w")[1]) == 1, "and the connection claims again"
