@@ -144,8 +144,9 @@ def _planner(statistics: str):
     """20,000 finished events whose dead entries a held snapshot keeps in the due index, and
     300 due ones, as the planner sees them: ``fresh`` (analyzed now), ``stale`` (analyzed
     while the table was empty: it believes the index nearly empty) or ``costly`` (fresh, but
-    random page reads priced 1,000 times a sequential one for this session: every plan but
-    the ordered walk looks cheaper, a bitmap scan and a sort or a sequential scan and a sort)."""
+    random page reads priced 4,000 times a sequential one for this session: every plan but
+    the ordered walk looks cheaper; unpinned, the claim takes a hash join over the whole
+    table and a sequential scan)."""
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE outbox_event")  # empty
     with dead_rows_kept(20000, due=300, analyze=statistics != "stale"):
