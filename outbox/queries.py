@@ -857,8 +857,9 @@ def claim_after(
         else:
             sql = _claim_sqlite_queues(len(chosen))
             params.update({f"queue_{n}": queue for n, queue in enumerate(chosen)})
-    with _claim_cursor(connection) as cursor:
-        pinned = postgresql and _own_transaction(connection) and _binds_client_side(cursor)
+    cursor, client_side = _claim_cursor(connection)
+    with cursor:
+        pinned = client_side and _own_transaction(connection)
         if pinned:
             sql = _PIN_PLAN_POSTGRESQL + sql
         cursor.execute(sql, params)
@@ -872,35 +873,33 @@ def claim_after(
     return token, _claimed(connection, found), position
 
 
-def _claim_cursor(connection: BaseDatabaseWrapper) -> Any:
-    """Django's cursor for the claim (its checks, execute wrappers and query log), binding
-    its parameters server-side on PostgreSQL, as Django's own ``server_side_binding`` option
-    does: psycopg then prepares a statement it has run ``prepare_threshold`` times (the
-    connection's, 5 unless OPTIONS say otherwise; None: never), and the server no longer
-    plans the claim each time. Planning was most of a claim that finds little: 0.40 ms
-    against 0.11 ms prepared, beside 2,000,000 done events (BENCHMARKS.md). Elsewhere, and
-    where OPTIONS set ``prepare_threshold`` to None (PgBouncer before 1.21 in transaction
-    mode), the cursor Django gives; and while Django logs queries (DEBUG,
-    ``CaptureQueriesContext``), whose log shows the SQL only of client-side bound ones."""
+def _claim_cursor(connection: BaseDatabaseWrapper) -> tuple[Any, bool]:
+    """Django's cursor for the claim (its checks, execute wrappers and query log), and whether
+    it is a PostgreSQL one that binds client-side (psycopg's ClientCursor, Django's default,
+    which merges the parameters into the statement and so lets one message carry several
+    statements: see PIN_PLAN_POSTGRESQL). On PostgreSQL the cursor binds its parameters
+    server-side, as Django's own ``server_side_binding`` option does: psycopg then prepares
+    a statement it has run ``prepare_threshold`` times (the connection's, 5 unless OPTIONS
+    say otherwise; None: never), and the server no longer plans the claim each time.
+    Planning was most of a claim that finds little: 0.40 ms against 0.11 ms prepared,
+    beside 2,000,000 done events (BENCHMARKS.md). Not where OPTIONS set
+    ``prepare_threshold`` to None (PgBouncer before 1.21 in transaction mode), nor while
+    Django logs queries (DEBUG, ``CaptureQueriesContext``), whose log shows the SQL only of
+    client-side bound ones: there, and elsewhere, the cursor Django gives."""
     cursor = connection.cursor()
-    if connection.vendor != "postgresql" or connection.queries_logged:
-        return cursor
+    if connection.vendor != "postgresql":
+        return cursor, False
     import psycopg
     from django.db.backends.postgresql.base import ServerBindingCursor
 
     raw = cursor.cursor
-    if isinstance(raw, psycopg.ClientCursor) and raw.connection.prepare_threshold is not None:
-        cursor.cursor = ServerBindingCursor(raw.connection)  # type: ignore[call-arg]  # stubs: no __init__
-        raw.close()
-    return cursor
-
-
-def _binds_client_side(cursor: Any) -> bool:
-    """Whether Django's PostgreSQL ``cursor`` merges parameters into the statement (psycopg's
-    ClientCursor, Django's default), which lets one message carry several statements."""
-    import psycopg
-
-    return isinstance(cursor.cursor, psycopg.ClientCursor)
+    if not isinstance(raw, psycopg.ClientCursor):
+        return cursor, False
+    if connection.queries_logged or raw.connection.prepare_threshold is None:
+        return cursor, True
+    cursor.cursor = ServerBindingCursor(raw.connection)  # type: ignore[call-arg]  # stubs: no __init__
+    raw.close()
+    return cursor, False
 
 
 # take(): a compare-and-set on the relay's ticket; ``returning`` is _TAKEN but on MySQL.
