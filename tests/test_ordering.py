@@ -18,6 +18,7 @@ from outbox import queries
 from outbox.exceptions import RegistrationError, SerializationError
 from outbox.models import Event
 from tests.conftest import skip_locked_only, wait_for
+from tests.test_scale import explained_as_sent
 from tests.testapp.models import Call
 from tests.testapp.routed import overlaps, steps
 from tests.testapp.signals import ordered
@@ -329,10 +330,9 @@ def test_the_claims_read_the_key_index_even_when_one_key_holds_most_rows():
                 # ("<union1,2>": the few ids the queues' ranges yielded.)
                 assert all(step["type"] != "ALL" for step in plan if step["table"] == "outbox_event"), plan
             elif connection.vendor == "postgresql":
-                # The claim's message: its pinned planner settings, then the claim, explained.
-                settings, _, claim = sql.rpartition("; ")
-                cursor.execute(f"{settings}; EXPLAIN {claim}" if settings else f"EXPLAIN {claim}")
-                if settings:
+                statement, pinned = explained_as_sent(sql)
+                cursor.execute(statement)
+                if pinned:
                     cursor.nextset()
                 plan = "\n".join(row[0] for row in cursor.fetchall())
                 # (The UPDATE may hash-join its 100 rows with a small table: not the claim's read.)

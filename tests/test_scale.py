@@ -21,6 +21,15 @@ class _Captured(Exception):
     pass
 
 
+def explained_as_sent(sql: str, options: str = "") -> tuple[str, bool]:
+    """The claim's message ``sql`` (its pinned planner settings, queries.PIN_PLAN_POSTGRESQL,
+    when the claim is its own transaction, then the claim) with the claim explained
+    (``options``: EXPLAIN's, in parentheses); and whether the settings' result comes first."""
+    settings, _, claim = sql.rpartition("; ")
+    explain = f"EXPLAIN ({options}) " if options else "EXPLAIN "
+    return (f"{settings}; {explain}{claim}" if settings else explain + claim), bool(settings)
+
+
 def _claim_plan(batch_size: int, analyze: bool = True, **claim) -> dict:
     """EXPLAIN (ANALYZE, BUFFERS) of the claim statement exactly as queries.claim_after()
     sends it (``analyze=False``: the plan alone, nothing run; ``claim``: claim_after's
@@ -31,12 +40,9 @@ def _claim_plan(batch_size: int, analyze: bool = True, **claim) -> dict:
     def explain(execute, sql, params, many, context):
         if "SKIP LOCKED" not in sql:
             return execute(sql, params, many, context)
-        # The claim's own message: its planner settings (queries.PIN_PLAN_POSTGRESQL, when
-        # the claim is its own transaction), then the claim, here explained.
-        settings, _, claim = sql.rpartition("; ")
-        settings = settings + "; " if settings else ""
-        execute(settings + f"EXPLAIN ({options}) " + claim, params, many, context)
-        if settings:
+        statement, pinned = explained_as_sent(sql, options)
+        execute(statement, params, many, context)
+        if pinned:
             context["cursor"].nextset()
         plan = context["cursor"].fetchone()[0]
         plans.append(json.loads(plan) if isinstance(plan, str) else plan)
