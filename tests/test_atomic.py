@@ -50,6 +50,15 @@ def effects(receiver="atomic"):
     return Counter(Call.objects.filter(receiver=receiver).values_list("key", flat=True))
 
 
+def unfinished() -> str:
+    """The events not done, for a chaos test's failure message: which, how far, and why."""
+    rows = Event.objects.exclude(status="done").order_by("id")
+    return "; ".join(
+        f"#{e.id} {e.receiver} {e.status} attempt {e.attempts}/{e.max_attempts}: {e.last_error[:160]}"
+        for e in rows[:5]
+    )
+
+
 # --- registration --------------------------------------------------------------------------
 
 
@@ -210,8 +219,14 @@ def test_a_worker_killed_after_the_receivers_writes_loses_them_exactly_once(conc
     send(atomic_work, n, die_first=True)
     send(plain_work, n, die_first=True)
     deaths = 0
+    deadline = time.monotonic() + 300
     while Event.objects.exclude(status="done").exists():
-        assert deaths <= 6 * n, "the events never finished"
+        # A failed event ends the test at once: no worker would run it again (without
+        # this, the loop started worker after worker until CI's timeout).
+        failed = Event.objects.filter(status="failed").exists()
+        assert not failed and deaths <= 6 * n and time.monotonic() < deadline, (
+            f"the events never finished: {unfinished()}"
+        )
         proc = worker_process(
             "--concurrency", concurrency, "--lease-seconds", "1", "--poll-interval", "0.2", ready=False
         )
@@ -249,7 +264,8 @@ def test_chaos_sigkills_at_random_leave_exactly_one_effect_per_event(concurrency
     kills = 0
     deadline = time.monotonic() + 180
     while Event.objects.exclude(status="done").exists():
-        assert time.monotonic() < deadline, "the events never finished"
+        failed = Event.objects.filter(status="failed").exists()
+        assert not failed and time.monotonic() < deadline, f"the events never finished: {unfinished()}"
         proc = worker_process(
             "--concurrency",
             concurrency,
@@ -266,7 +282,10 @@ def test_chaos_sigkills_at_random_leave_exactly_one_effect_per_event(concurrency
             proc.wait()
             kills += 1
         else:
-            wait_for(lambda: not Event.objects.exclude(status="done").exists(), timeout=120)
+            try:
+                wait_for(lambda: not Event.objects.exclude(status="done").exists(), timeout=120)
+            except AssertionError as exc:
+                raise AssertionError(f"the events never finished: {unfinished()}") from exc
             proc.stop()
     assert kills >= 3, "the events finished before the kills began"
     counts = effects()
