@@ -26,7 +26,7 @@ import datetime
 import functools
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -271,7 +271,7 @@ _CLAIM_POSTGRESQL = (
     "worker = %(worker)s "
     "FROM due WHERE id = due_id{bookkeeping} "
     "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
-    "queue, ordering_key, created_at, trace_context, due_at"
+    "queue, ordering_key, {created_us}, trace_context, {due_us}"
 )
 # Named queues (parameter ``queues``, a list, too). Served by outbox_event_queue_due, one
 # ordered range per queue: each queue gives its first ``limit`` due rows (locked), the
@@ -299,7 +299,7 @@ _CLAIM_QUEUES_POSTGRESQL = (
     "worker = %(worker)s "
     "FROM due WHERE id = due_id{bookkeeping} "
     "RETURNING id, signal, receiver, payload, attempts, max_attempts, NOT batch_attempt, "
-    "queue, ordering_key, created_at, trace_context, due_at"
+    "queue, ordering_key, {created_us}, trace_context, {due_us}"
 )
 # PostgreSQL: the worker's bookkeeping committed without waiting for the WAL flush
 # (OUTBOX["WORKER_ASYNC_COMMIT"]). set_config(..., true) is SET LOCAL as an expression, so
@@ -327,7 +327,9 @@ _FINISH_POSTGRESQL = (
 # A walk of outbox_event_due that starts at a position, (available_at, id), rather than at
 # its first entry (parameters after_at, after_id): see claim_after(). The row comparison is
 # the start of the index range, so the dead entries before it are never read.
-_AFTER_POSTGRESQL = " AND (available_at, id) >= (%(after_at)s, %(after_id)s)"
+_AFTER_POSTGRESQL = (
+    " AND (available_at, id) >= (timestamptz 'epoch' + %(after_at)s * interval '1 microsecond', %(after_id)s)"
+)
 
 # The claim's plan, pinned, whatever the statistics say: an ordered walk of the due index
 # stopped by the LIMIT, and the batch's rows found by primary key (a nested loop over at
@@ -374,11 +376,42 @@ def _claim_postgresql(queues: bool, finish: bool, bookkeeping: str, after: bool 
             finish=_sql(_FINISH_POSTGRESQL) if finish else "",
             after=_AFTER_POSTGRESQL if after else "",
             bookkeeping=bookkeeping,
+            created_us=_EPOCH_US.format(column="created_at"),
+            due_us=_EPOCH_US.format(column="due_at"),
         )
     return statement
 
 
 _claims_postgresql: dict[tuple[bool, bool, str, bool], str] = {}
+
+# The claim returns created_at and due_at as microseconds since the epoch (bigint), not as
+# timestamptz: Django's timestamptz loader is Python code (it applies the connection's time
+# zone), about 5 microseconds a value, two per claimed row, where psycopg loads an integer
+# in C. Exact: extract() is numeric from PostgreSQL 14 (a float8 before, still exact to the
+# microsecond for this century's dates). claim_after() turns created_at back into a
+# datetime; due_at stays an integer, the position the next claim starts from (_AFTER_POSTGRESQL
+# adds it back to the epoch as an interval, also exact).
+_EPOCH_US = "(extract(epoch FROM {column}) * 1000000)::bigint"
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _pg_array(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal of numbers (None: NULL) for a ``%s::bigint[]`` or
+    ``::float8[]`` parameter. psycopg dumps a list with its array dumper, Python code that
+    dumps and quotes each element (three arrays of a batch's size with every claim that
+    carries the last batch's completion), where it binds a string with its C dumper.
+    ``repr`` of an int or a float is a literal PostgreSQL reads back exactly (``inf`` and
+    ``nan`` included)."""
+    return "{" + ",".join(["NULL" if value is None else repr(value) for value in values]) + "}"
+
+
+def _ran_arrays(timings: Sequence[tuple[float | None, float]]) -> tuple[str, str]:
+    """The completion's timings as its two float8[] parameters (see _COMPLETE_POSTGRESQL)."""
+    return (
+        _pg_array([None if start is None else float(start) for start, _ in timings]),
+        _pg_array([float(end) for _, end in timings]),
+    )
+
 
 # SQLite: times are parameters (now, until: the process's clock), the head-of-key probe is
 # told its index. Served by outbox_event_due.
@@ -790,7 +823,9 @@ def claim(
 
 
 #: A position in outbox_event_due: (available_at, id).
-Position = tuple[datetime.datetime, int]
+#: Where a claim's earliest row stood in the due index: (its available_at in microseconds
+#: since the epoch, its id).
+Position = tuple[int, int]
 
 
 def claim_after(
@@ -842,9 +877,8 @@ def claim_after(
             after = None
         if done is not None and finish:
             done_token, done_ids, timings = done
-            params["done_token"], params["done"] = done_token, list(done_ids)
-            params["done_since_start"] = [since_start for since_start, _ in timings]
-            params["done_since_end"] = [float(since_end) for _, since_end in timings]
+            params["done_token"], params["done"] = done_token, _pg_array(done_ids)
+            params["done_since_start"], params["done_since_end"] = _ran_arrays(timings)
         if after is not None:
             params["after_at"], params["after_id"] = after
         sql = _claim_postgresql(chosen is not None, finish, _bookkeeping(connection), after is not None)
@@ -867,9 +901,9 @@ def claim_after(
             cursor.nextset()  # past the settings' row, to the claim's
         found = cursor.fetchall()
     position = None
-    if postgresql:
+    if postgresql:  # created_at and due_at in microseconds since the epoch: see _EPOCH_US
         position = min(((row[-1], row[0]) for row in found), default=None)
-        found = [row[:-1] for row in found]
+        found = [(*row[:9], _EPOCH + datetime.timedelta(microseconds=row[9]), row[10]) for row in found]
     return token, _claimed(connection, found), position
 
 
@@ -1010,11 +1044,11 @@ def complete(
     timings = list(timings) if timings is not None else [(None, 0.0)] * len(ids)
     connection = connections[alias]
     if connection.vendor == "postgresql":
-        since_start, since_end = [t[0] for t in timings], [float(t[1]) for t in timings]
+        since_start, since_end = _ran_arrays(timings)
         with connection.cursor() as cursor:
             cursor.execute(
                 _sql(_COMPLETE_POSTGRESQL) + _bookkeeping(connection),
-                [list(ids), since_start, since_end, token],
+                [_pg_array(ids), since_start, since_end, token],
             )
             return cursor.rowcount
     now = timezone.now()
