@@ -247,6 +247,11 @@ bench-sendpath: $(BENCH_VENV)/.installed postgres-up
 bench-ab: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.ab --pg $(BENCH_PG)
 
+# Claiming ahead on and off (OUTBOX["WORKER_CLAIM_AHEAD"]) beside the floor, in one run.
+.PHONY: bench-claim-ahead
+bench-claim-ahead: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.claim_ahead --pg $(BENCH_PG)
+
 # The claim and the drain with 1,000,000 finished rows that a held snapshot keeps from VACUUM
 # (bench/bloat.py; not in CI: minutes). BENCH_BLOAT_ARGS="--rows 200000 --events 5000".
 # The claim beside 10,000,000 done events, and outbox_prune deleting them while a sender

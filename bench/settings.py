@@ -36,10 +36,13 @@ INSTALLED_APPS = [
     "bench.benchapp",
 ]
 
-# Ours: defaults, except the poll interval when a benchmark asks for poll-only figures.
+# Ours: defaults, except the poll interval when a benchmark asks for poll-only figures, and
+# claiming ahead when an A/B run turns it off (BENCH_CLAIM_AHEAD=0).
 OUTBOX: dict = {}
 if os.environ.get("BENCH_OUTBOX_POLL"):
     OUTBOX["POLL_INTERVAL"] = float(os.environ["BENCH_OUTBOX_POLL"])
+if os.environ.get("BENCH_CLAIM_AHEAD") == "0":
+    OUTBOX["WORKER_CLAIM_AHEAD"] = False
 
 # django-q2 with its ORM broker on the same database (its docs' "Django ORM" broker setup).
 Q_CLUSTER = {

@@ -59,6 +59,10 @@ class Claim:
         self._done_since = 0.0  # when the oldest of _done succeeded
         self._closed = False  # handed back: start nothing more
         self._lock = threading.Lock()
+        #: Claimed ahead (outbox.worker): the claim whose batch runs while this one waits,
+        #: None once this one runs. If a receiver of that batch runs long, this one is
+        #: handed back too (:meth:`hand_back_if_stuck`), not held hostage behind it.
+        self.behind: Claim | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -123,13 +127,23 @@ class Claim:
             return self._hand_back()
 
     def hand_back_if_stuck(self, seconds: float) -> tuple[list[int], list[int]] | None:
-        """:meth:`hand_back`, once a row in hand has run ``seconds``; else None."""
+        """:meth:`hand_back`, once a row in hand has run ``seconds`` (for a claim made
+        ahead and not started yet: a row of the batch it waits :attr:`behind`); else None."""
+        behind = self.behind
+        behind_stuck = behind is not None and behind.running_longer_than(seconds)
         with self._lock:
-            if self._closed or not self._in_hand:
+            if self._closed:
                 return None
+            if not self._in_hand:
+                return self._hand_back() if behind_stuck and self._next == 0 else None
             if time.monotonic() - min(self._in_hand.values()) < seconds:
                 return None
             return self._hand_back()
+
+    def running_longer_than(self, seconds: float) -> bool:
+        """Whether a row in hand has run ``seconds``."""
+        with self._lock:
+            return bool(self._in_hand) and time.monotonic() - min(self._in_hand.values()) >= seconds
 
     def _hand_back(self) -> tuple[list[int], list[int]]:
         done, self._done = self._done, []

@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # stale (more rows changed since the last ANALYZE than they count, and at least 10,000),
     # so that the claim keeps its ordered walk of the due index (outbox.planner_statistics).
     "WORKER_ANALYZE": True,
+    # PostgreSQL, receivers run one after another: while a batch of quick receivers runs,
+    # the worker claims the next batch from a second connection, so that the claim's wait
+    # for the database overlaps the receivers' run (outbox.worker).
+    "WORKER_CLAIM_AHEAD": True,
     # Receivers one worker runs at once: sync ones in that many threads, async ones as
     # tasks on one event loop. 1 runs them one after another (run_outbox --concurrency).
     "CONCURRENCY": 1,

@@ -141,7 +141,7 @@ def setting_problem(key: str, value: Any) -> Problem | None:
         return Problem("outbox.E004", f"{shown} must be None or a non-empty string.", "See docs/settings.md.")
     if key == "METRICS_ALLOWED_IPS":
         return _networks_problem(shown, value)
-    if key in ("WORKER_ASYNC_COMMIT", "WORKER_ANALYZE") and not isinstance(value, bool):
+    if key in ("WORKER_ASYNC_COMMIT", "WORKER_ANALYZE", "WORKER_CLAIM_AHEAD") and not isinstance(value, bool):
         return Problem("outbox.E004", f"{shown} must be True or False.", f"{key} takes True or False.")
     if key in ("DATABASE", "DISPATCHER", "NOTIFY_CHANNEL") and not isinstance(value, str):
         if value is None and key != "NOTIFY_CHANNEL":

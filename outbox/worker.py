@@ -12,6 +12,7 @@ that any worker reclaims when their lease expires.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal as signals
@@ -19,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -49,6 +51,12 @@ _SETTLE_MAX = 0.1
 # or nine times as long as the last claim from the start took, if longer (so that those
 # take at most a tenth of a busy worker's time behind many dead entries).
 _FULL_CLAIM_EVERY = 1.0
+
+# A worker that claims ahead (OUTBOX["WORKER_CLAIM_AHEAD"]) does so only after a batch whose
+# receivers all ran within this many seconds: the rows it claims ahead wait for the batch in
+# hand, and other workers could have run them meanwhile. A batch that turns slow hands the
+# claim made ahead back with its own unstarted rest (outbox.claims.Claim.behind).
+_AHEAD_AFTER_BATCHES_UNDER = 0.1
 
 # Seconds between a PostgreSQL worker's looks at the table's dead rows and at the oldest
 # transaction holding the xmin horizon (outbox.monitoring.attention), logged as warnings.
@@ -102,6 +110,14 @@ class Worker:
         if isinstance(self.dispatcher, InProcessDispatcher) and self.concurrency == 1:
             self.dispatcher.defer_done = self._carry_done = True
         self._owed: claims.Claim | None = None
+        # Claiming ahead (OUTBOX["WORKER_CLAIM_AHEAD"]): one thread with its own connection
+        # claims batch N+1, carrying batch N-1's successes, while batch N runs.
+        # self._ahead: that claim in flight and the owed claim it settles; a claim made
+        # ahead that failed leaves that one in self._unsettled.
+        self._ahead_pool: ThreadPoolExecutor | None = None
+        self._ahead: tuple[Future[claims.Claim], claims.Claim | None] | None = None
+        self._unsettled: list[claims.Claim] = []
+        self._last_run = 0.0  # seconds the last batch's receivers took
         self._resume: Any = None  # the position the next claim may start from (claim_after)
         self._next_full_claim = 0.0  # monotonic time after which a claim starts at the start
         # A relay hands rows to a queue and needs a lease that covers the wait there.
@@ -112,6 +128,12 @@ class Worker:
         #: The queues this worker drains; None: every queue (outbox.routing).
         self.queues = None if queues is None else [routing.check_queue(queue) for queue in queues] or None
         self.listen = listen and not once and can_listen(self.database)
+        self.claim_ahead = (
+            settings.WORKER_CLAIM_AHEAD
+            and self._carry_done
+            and not once
+            and connections[self.database].vendor == "postgresql"
+        )
         self.once = once
         self.check_migrations = check_migrations
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -185,6 +207,7 @@ class Worker:
             if close is not None:
                 close()  # the receivers in hand finish, under the heartbeat's leases
             self._write_owed()
+            self._close_ahead()
             self._heartbeat.stop()
             if self._listener:
                 self._listener.close()
@@ -248,6 +271,8 @@ class Worker:
             self._listener.close()
             self._listener = None
         connections[self.database].close()
+        if self._ahead_pool is not None:
+            self._ahead_pool.submit(_close_connection, self.database).result()
 
     def _idle(self) -> None:
         """After a claim that found nothing: wait for a notification or the poll interval.
@@ -353,33 +378,90 @@ class Worker:
 
     def _run_batch(self) -> int:
         """:meth:`run_batch` in the loop: the batch's successes may stay owed, written done
-        by the statement of the next claim (which the loop makes at once, batch or none)."""
+        by the statement of the next claim (which the loop makes at once, batch or none),
+        and the next batch may be claimed while this one runs (:attr:`claim_ahead`)."""
+        self._settle_unsettled()
         owed, self._owed = self._owed, None
+        ahead, self._ahead = self._ahead, None
         after = self._resume if time.monotonic() < self._next_full_claim else None
-        try:
-            claim = self._claim(settle=owed, after=after)
-        except BaseException:
-            self._owed = owed  # its successes are still owed
-            raise
-        if not claim.rows and (owed is not None or after is not None):
+        if ahead is not None:
+            # Claimed while the batch just run was running: that batch is still owed.
+            future, settles = ahead
+            try:
+                claim = future.result()
+            except BaseException:
+                self._owed = owed
+                if settles is not None:
+                    self._unsettled.append(settles)  # its successes are still owed
+                raise
+            claim.behind = None
+        else:
+            try:
+                claim = self._claim(settle=owed, after=after)
+            except BaseException:
+                self._owed = owed  # its successes are still owed
+                raise
+        # In the loop's next claim: the batch just run (made ahead: not carried yet).
+        carried, owed = owed is not None or ahead is not None, owed if ahead is not None else None
+        if not claim.rows and (carried or after is not None):
             # The claim's snapshot saw the rows it wrote done still running, so the next
             # event of their ordering keys was not yet claimable; or it started at a
-            # position, and due rows may lie before it: look once more, from the start,
-            # before idling (only at the end of a burst).
-            after = None
-            claim = self._claim()
+            # position, and due rows may lie before it; or it was made ahead, before the
+            # batch just run had ended: look once more, from the start, before idling
+            # (only at the end of a burst).
+            try:
+                claim = self._claim(settle=owed)
+            except BaseException:
+                self._owed = owed
+                raise
+            ahead = owed = None
         self._resume = claim.position if len(claim) == self.batch_size else None
-        if claim.rows:
+        if not claim.rows:
+            return 0
+        if self._may_claim_ahead(claim):
+            self._ahead = (self._start_claim_ahead(owed, behind=claim), owed)
+        elif owed is not None:
+            owed.finish()  # no claim to carry them: written now (the end of a burst)
+        if ahead is None:
             # The heartbeat keeps the rows still the claim's leased until it has settled (a
             # row already run but not yet written done must not be reclaimed either), and
-            # may hand back the unstarted rest while a receiver runs long.
+            # may hand back the unstarted rest while a receiver runs long. (A claim made
+            # ahead is held from the moment it is made.)
             self._heartbeat.hold(claim)
-            try:
-                self.processed += self.dispatcher.dispatch(claim)
-            finally:
-                if self._carry_done:
-                    self._owed = claim
+        began = time.monotonic()
+        try:
+            self.processed += self.dispatcher.dispatch(claim)
+        finally:
+            self._last_run = time.monotonic() - began
+            if self._carry_done:
+                self._owed = claim
         return len(claim)
+
+    def _may_claim_ahead(self, claim: claims.Claim) -> bool:
+        """Whether to claim the next batch while ``claim`` runs: a full batch (more may be
+        due) after a quick one, while not stopping."""
+        return (
+            self.claim_ahead
+            and not self.stopping
+            and len(claim) == self.batch_size
+            and self._last_run < _AHEAD_AFTER_BATCHES_UNDER
+        )
+
+    def _start_claim_ahead(self, settle: claims.Claim | None, behind: claims.Claim) -> Future[claims.Claim]:
+        """Claim the next batch from the claim-ahead thread, carrying ``settle``'s successes."""
+        if self._ahead_pool is None:
+            self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-claim-ahead")
+        after = behind.position if time.monotonic() < self._next_full_claim else None
+        return self._ahead_pool.submit(self._claim_behind, settle, after, behind)
+
+    def _claim_behind(self, settle: claims.Claim | None, after: Any, behind: claims.Claim) -> claims.Claim:
+        """The claim-ahead thread's work: the next batch, held by the heartbeat at once."""
+        recycle_connections()
+        claim = self._claim(settle=settle, after=after)
+        if claim.rows:
+            claim.behind = behind
+            self._heartbeat.hold(claim)
+        return claim
 
     def _claim(self, settle: claims.Claim | None = None, after: Any = None) -> claims.Claim:
         began = time.monotonic()
@@ -398,14 +480,43 @@ class Worker:
         return claim
 
     def _write_owed(self) -> None:
-        """Write done the successes the last claim still owes (retried through a restart)."""
+        """Write done the successes the last claim still owes (retried through a restart),
+        and hand back a claim made ahead, unstarted."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            future, settles = ahead
+            try:
+                future.result().finish()
+            except Exception as exc:  # noqa: BLE001 - raised in its thread; the rows wait out their lease
+                logger.warning("the claim made ahead failed: %s", exc)
+                if settles is not None:
+                    self._unsettled.append(settles)
+        self._settle_unsettled()
         owed, self._owed = self._owed, None
         if owed is not None:
             owed.finish()
 
+    def _settle_unsettled(self) -> None:
+        """Write done the successes a failed claim made ahead was to carry."""
+        while self._unsettled:
+            self._unsettled.pop(0).finish()
+
+    def _close_ahead(self) -> None:
+        """Close the claim-ahead thread's connection, and the thread."""
+        pool, self._ahead_pool = self._ahead_pool, None
+        if pool is not None:
+            pool.submit(_close_connection, self.database).result()
+            pool.shutdown()
+
     def _in_flight(self) -> bool:
         busy = getattr(self.dispatcher, "busy", None)
         return bool(busy and busy())
+
+
+def _close_connection(alias: str) -> None:
+    """Close this thread's connection to ``alias`` (broken or not)."""
+    with contextlib.suppress(DatabaseError):
+        connections[alias].close()
 
 
 def reconnect_pause(failures: int) -> float:

@@ -79,6 +79,7 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "RELAY_TASK_SIZE": int,
     "RELAY_QUEUE_LIMIT": int,
     "WORKER_ANALYZE": lambda value: value == "1",
+    "WORKER_CLAIM_AHEAD": lambda value: value == "1",
 }
 for _name, _kind in _FROM_ENV.items():
     if os.environ.get(f"OUTBOX_TEST_{_name}"):
