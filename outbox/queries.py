@@ -386,9 +386,9 @@ _claims_postgresql: dict[tuple[bool, bool, str, bool], str] = {}
 
 # The claim returns created_at and due_at as microseconds since the epoch (bigint), not as
 # timestamptz: Django's timestamptz loader is Python code (it applies the connection's time
-# zone), about 5 microseconds a value, two per claimed row, where psycopg loads an integer
-# in C. Exact: extract() is numeric from PostgreSQL 14 (a float8 before, still exact to the
-# microsecond for this century's dates). claim_after() turns created_at back into a
+# zone), two values per claimed row, where psycopg loads an integer in C. Exact: extract()
+# is numeric from PostgreSQL 14 (a float8 before, still exact to the microsecond for dates
+# before the 2250s). claim_after() turns created_at back into a
 # datetime; due_at stays an integer, the position the next claim starts from (_AFTER_POSTGRESQL
 # adds it back to the epoch as an interval, also exact).
 _EPOCH_US = "(extract(epoch FROM {column}) * 1000000)::bigint"
@@ -400,9 +400,9 @@ def _pg_array(values: Iterable[Any]) -> str:
     ``::float8[]`` parameter. psycopg dumps a list with its array dumper, Python code that
     dumps and quotes each element (three arrays of a batch's size with every claim that
     carries the last batch's completion), where it binds a string with its C dumper.
-    ``repr`` of an int or a float is a literal PostgreSQL reads back exactly (``inf`` and
+    ``str`` of an int or a float is a literal PostgreSQL reads back exactly (``inf`` and
     ``nan`` included)."""
-    return "{" + ",".join(["NULL" if value is None else repr(value) for value in values]) + "}"
+    return "{" + ",".join(["NULL" if value is None else str(value) for value in values]) + "}"
 
 
 def _ran_arrays(timings: Sequence[tuple[float | None, float]]) -> tuple[str, str]:
@@ -822,7 +822,6 @@ def claim(
     return token, rows
 
 
-#: A position in outbox_event_due: (available_at, id).
 #: Where a claim's earliest row stood in the due index: (its available_at in microseconds
 #: since the epoch, its id).
 Position = tuple[int, int]
