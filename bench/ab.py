@@ -18,24 +18,31 @@ import statistics
 from bench.run import FULL, Bench, drain_targets, latency_targets, verdict
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def ready(doc: str, rounds: int) -> tuple[Bench, int]:
+    """The A/B scripts' start: their arguments (``--pg``, ``--rounds``, default ``rounds``)
+    parsed, and a Bench with its databases made, on a free probe port."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/bench")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=rounds)
     args = parser.parse_args()
     bench = Bench(args.pg, FULL)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         bench.port = probe.getsockname()[1]
     bench.setup()
+    return bench, args.rounds
+
+
+def main() -> None:
+    bench, rounds = ready(__doc__, 2)
     rates: dict[str, list[float]] = {"floor": [], "ours": []}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for system in rates:
             rate = bench.attempt(bench.drain, system, 1, bench.sizes["drain_n"])
             if rate is not None:
                 rates[system].append(rate)
     latencies: dict[str, list[float]] = {}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         bench.results = {}
         bench.attempt(bench.latency, "ours", True)
         for key, value in bench.results.items():

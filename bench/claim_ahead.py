@@ -7,26 +7,16 @@ machine's speed moves between runs: compare the ratios to the floor of the same 
 
 from __future__ import annotations
 
-import argparse
 import os
-import socket
 import statistics
 
-from bench.run import FULL, Bench
+from bench.ab import ready
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/bench")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    bench = Bench(args.pg, FULL)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        bench.port = probe.getsockname()[1]
-    bench.setup()
+    bench, rounds = ready(__doc__, 5)
     rates: dict[str, list[float]] = {"floor": [], "ahead": [], "off": []}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, values in rates.items():
             os.environ["BENCH_CLAIM_AHEAD"] = "0" if name == "off" else "1"  # read by bench.settings
             rate = bench.attempt(
