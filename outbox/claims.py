@@ -136,14 +136,15 @@ class Claim:
                 return None
             if not self._in_hand:
                 return self._hand_back() if behind_stuck and self._next == 0 else None
-            if time.monotonic() - min(self._in_hand.values()) < seconds:
-                return None
-            return self._hand_back()
+            return self._hand_back() if self._ran_longer_than(seconds) else None
 
     def running_longer_than(self, seconds: float) -> bool:
         """Whether a row in hand has run ``seconds``."""
         with self._lock:
-            return bool(self._in_hand) and time.monotonic() - min(self._in_hand.values()) >= seconds
+            return self._ran_longer_than(seconds)
+
+    def _ran_longer_than(self, seconds: float) -> bool:
+        return bool(self._in_hand) and time.monotonic() - min(self._in_hand.values()) >= seconds
 
     def _hand_back(self) -> tuple[list[int], list[int]]:
         done, self._done = self._done, []
