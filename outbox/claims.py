@@ -80,6 +80,13 @@ class Claim:
             self._in_hand[row.id] = time.monotonic()
             return row
 
+    def peek(self) -> queries.Claimed | None:
+        """The row :meth:`next` would take, left unstarted; None as :meth:`next`."""
+        with self._lock:
+            if self._closed or self._next >= len(self.rows):
+                return None
+            return self.rows[self._next]
+
     def ran(self, event_id: int, succeeded: bool, recorded: bool = False) -> None:
         """The row in hand has run; a success not ``recorded`` yet is to be written done."""
         with self._lock:
@@ -105,6 +112,12 @@ class Claim:
             if not self._closed:
                 return [row.id for row in self.rows]
             return [*self._in_hand, *self._done]
+
+    @property
+    def closed(self) -> bool:
+        """True once the claim was handed back (or over): it starts nothing more."""
+        with self._lock:
+            return self._closed
 
     @property
     def settled(self) -> bool:

@@ -8,6 +8,9 @@ on one event loop, in a thread of its own, where Django's async ORM works as in 
 code. A slot is taken from the moment a row is started until its outcome is noted, so at
 most N receivers, sync and async together, run at once.
 
+Orphans (rows reclaimed after their worker died) run alone, as at concurrency 1: see
+:meth:`Runner.feed`.
+
 Successes are written done by the runner's recorder thread, in one statement per claim for
 all the rows that succeeded within :data:`outbox.claims.FLUSH_AFTER` (or at the end).
 Failures are written by the thread that saw them, fenced on the claim's token as always.
@@ -44,6 +47,7 @@ from .execution import (
     prepare,
     record_failure,
 )
+from .heartbeat import HAND_BACK_AFTER
 from .overdue import Overdue
 from .registry import get_receiver
 
@@ -93,9 +97,21 @@ class Runner:
         with self._cond:
             self._claims.append(claim)
         fed = 0
-        while self._reserve(should_stop):
+        while True:
+            ahead = claim.peek()
+            # An orphan (reclaimed after its worker died) runs alone, as at concurrency 1:
+            # its attempt is counted as it starts, so that if it kills this worker too the
+            # reclaim charges it, and it alone. Another orphan in hand beside it would be
+            # charged with it, and a row that killed the worker beside it would charge it.
+            # So it waits for the receivers in hand to return, for up to HAND_BACK_AFTER: a
+            # receiver that runs longer (slow, or hung for good) must not hold it hostage.
+            orphan = ahead is not None and ahead.alone
+            if orphan and not self._wait(self._idle, should_stop, timeout=HAND_BACK_AFTER):
+                break
+            if not self._reserve(should_stop):
+                break
             row = claim.next()
-            if row is None:
+            if row is None:  # all started, or handed back meanwhile
                 self._free()
                 break
             if not row.alone and _is_async_receiver(row.receiver):
@@ -105,6 +121,11 @@ class Runner:
             else:
                 self._jobs.put((self._run, (claim, row, payloads[row.id], decoder)))
             fed += 1
+            # Nothing starts beside it until it returns, or has run so long that the
+            # heartbeat handed the rest of its claim back (HAND_BACK_AFTER): a hung orphan
+            # must not stop the other slots for ever.
+            if row.alone and not self._wait(lambda: self._idle() or claim.closed, should_stop):
+                break
         self._wait(lambda: self._busy < self.concurrency, should_stop)
         return fed
 
@@ -163,10 +184,23 @@ class Runner:
             self._busy -= 1
             self._cond.notify_all()
 
-    def _wait(self, predicate: Callable[[], bool], should_stop: Callable[[], bool] = lambda: False) -> None:
+    def _wait(
+        self,
+        predicate: Callable[[], bool],
+        should_stop: Callable[[], bool] = lambda: False,
+        timeout: float | None = None,
+    ) -> bool:
+        """Wait until ``predicate()``, or for ``timeout`` seconds; False if stopping first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not predicate() and not should_stop() and not self._stopping:
+            while not predicate() and (deadline is None or time.monotonic() < deadline):
+                if should_stop() or self._stopping:
+                    return False
                 self._cond.wait(0.1)
+            return True
+
+    def _idle(self) -> bool:
+        return self._busy == 0
 
     def _noted(self, claim: Claim, row: queries.Claimed, succeeded: bool, recorded: bool = False) -> None:
         """A row's outcome is known (and, unless a pending success, written): free its slot."""

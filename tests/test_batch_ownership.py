@@ -30,12 +30,16 @@ def _event(key: str) -> Event:
     return Event.objects.get(payload__kwargs__key=key)
 
 
-def test_an_event_that_kills_its_worker_fails_alone_and_its_batch_mates_end_done(worker_process):
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_an_event_that_kills_its_worker_fails_alone_and_its_batch_mates_end_done(worker_process, concurrency):
+    # At concurrency 4 the orphans of the dead batch must still run one at a time, nothing
+    # beside them: an orphan in hand when another kills the worker would be charged too.
     keys = [f"row-{i}" for i in range(10)]
     with transaction.atomic():
         for i, key in enumerate(keys):
             crash.send(sender=None, key=key, die=i == 3)
     options = ("--batch-size", "10", "--lease-seconds", "1", "--poll-interval", "0.1")
+    options += ("--concurrency", str(concurrency))
     worker = worker_process(*options)
     deaths = 0
     deadline = time.monotonic() + 120
@@ -56,10 +60,48 @@ def test_an_event_that_kills_its_worker_fails_alone_and_its_batch_mates_end_done
     # Its death in the batch is pinned on no row; then it runs alone and kills two workers.
     assert deaths == 3
     called = _keys("record_or_crash")
-    # The rows after the poison never ran before its death: once each. The rows before it
-    # ran in the dead batch before it could be recorded: they may run once more.
-    assert all(called[key] == 1 for key in keys[4:]), called
-    assert all(1 <= called[key] <= 2 for key in keys[:3]), called
+    # One at a time, the rows after the poison never ran before its death: once each. The
+    # rows before it (at concurrency 4, any beside it) ran in the dead batch before they
+    # could be recorded: they may run once more.
+    after = keys[4:] if concurrency == 1 else []
+    assert all(called[key] == 1 for key in after), called
+    assert all(1 <= called[key] <= 2 for key in keys if key != "row-3"), called
+
+
+def test_at_concurrency_an_orphan_waits_for_a_slow_receiver_in_hand_only_so_long(worker_process):
+    # An orphan waits for the receivers in hand before it runs alone, but a slow one (or
+    # one hung for good) must not hold it hostage: it runs after HAND_BACK_AFTER (1 s).
+    with transaction.atomic():
+        work.send(sender=None, key="orphan")
+    _, rows = queries.claim("default", 10, 2, "dead")  # its worker dies: due again in 2 s
+    assert [r.attempts for r in rows] == [1]
+    with transaction.atomic():
+        work.send(sender=None, key="slow", sleep=10, mark_start=True)
+    worker_process("--concurrency", "4", "--lease-seconds", "3", "--poll-interval", "0.1")
+    wait_for(lambda: Call.objects.filter(receiver="started", key="slow").exists(), timeout=30)
+    wait_for(lambda: _event("orphan").status == "done", timeout=30)
+    assert not _keys("record")["slow"], "the orphan ran before the slow receiver returned"
+    assert _event("orphan").attempts == 1, "its batch attempt given back, its own counted"
+    wait_for(lambda: _event("slow").status == "done", timeout=30)
+    assert _keys("record") == Counter(["orphan", "slow"])
+
+
+def test_at_concurrency_an_orphan_that_runs_long_stops_the_other_slots_only_so_long(worker_process):
+    # Nothing starts beside an orphan, until it has run HAND_BACK_AFTER (1 s): then the rest
+    # of its batch is handed back, and the other slots run events again.
+    with transaction.atomic():
+        work.send(sender=None, key="orphan", sleep=10, mark_start=True)
+    queries.claim("default", 10, 1, "dead")  # its worker dies: due again in 1 s
+    worker_process("--concurrency", "4", "--poll-interval", "0.1")
+    wait_for(lambda: Call.objects.filter(receiver="started", key="orphan").exists(), timeout=30)
+    with transaction.atomic():
+        for i in range(3):
+            work.send(sender=None, key=f"quick-{i}")
+    quick = Event.objects.filter(payload__kwargs__key__startswith="quick-")
+    wait_for(lambda: quick.filter(status="done").count() == 3, timeout=30)
+    assert not _keys("record")["orphan"], "the others ran while the orphan still ran"
+    wait_for(lambda: _event("orphan").status == "done", timeout=30)
+    assert _event("orphan").attempts == 1
 
 
 def test_a_hung_receiver_keeps_only_its_own_row_and_another_worker_runs_the_rest(worker_process):
