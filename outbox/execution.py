@@ -19,15 +19,14 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from . import coroutines, observability, queries
+from . import coroutines, current, observability, queries
 from .claims import Claim
-from .current import running
 from .decoding import PayloadDecoder
 from .exceptions import DispatchError, LeaseLost, OutboxError, UnknownReceiver
 from .query_killer import killing_queries_after
 from .registry import get_receiver, get_signal
 from .retries import backoff_delay, next_attempt
-from .transactions import TransactionLeftOpen, open_transactions, roll_back_left_open
+from .transactions import Before, TransactionLeftOpen, open_transactions, roll_back_left_open
 
 __all__ = [
     "Prepared",
@@ -189,7 +188,7 @@ def _run_one(
     row: queries.Claimed,
     payload: Any,
     decoder: PayloadDecoder,
-    before: frozenset[str] | None = None,
+    before: Before | None = None,
 ) -> tuple[bool, bool]:
     """Run one event; return (succeeded, already written done). A failure is recorded here."""
     started = time.perf_counter()
@@ -205,7 +204,7 @@ def _run_one(
 
 def call_receiver(
     ready: Prepared,
-    before: frozenset[str] | None = None,
+    before: Before | None = None,
     before_done: Callable[[], None] | None = None,
 ) -> BaseException | None:
     """Call one receiver; return its failure, None on success. ``before``: the aliases of
@@ -223,8 +222,9 @@ def call_receiver(
     if before is None:
         before = open_transactions()
     failure: BaseException | None = None
+    token = current.begin(ready.row)  # not current.running(): a generator per event costs more
     try:
-        with running(ready.row), observability.watching(ready):
+        with observability.watching(ready):
             spec = ready.spec
             if spec.atomic and ready.claim is not None:
                 _call_atomically(ready, before_done)
@@ -238,6 +238,8 @@ def call_receiver(
             roll_back_left_open(before)
             raise
         failure = exc
+    finally:
+        current.end(token)
     left = roll_back_left_open(before)
     if not left:
         return failure

@@ -17,13 +17,21 @@ transaction opens, fails or ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .exceptions import OutboxError
 
-__all__ = ["TransactionLeftOpen", "discard", "in_transaction", "open_transactions", "roll_back_left_open"]
+__all__ = [
+    "Before",
+    "TransactionLeftOpen",
+    "discard",
+    "in_transaction",
+    "open_transactions",
+    "roll_back_left_open",
+]
 
 logger = logging.getLogger("outbox")
 
@@ -46,8 +54,11 @@ def in_transaction(connection: BaseDatabaseWrapper) -> bool:
         return False
     if connection.closed_in_transaction or connection.in_atomic_block or connection.needs_rollback:
         return True
-    if not connection.get_autocommit():  # no query: the connection is open
+    if not connection.autocommit:  # get_autocommit() without its ensure_connection(): open
         return True
+    pgconn = getattr(raw, "pgconn", None)
+    if pgconn is not None:  # psycopg 3's libpq connection: an int, and no object made per look
+        return pgconn.transaction_status in _PQ_IN_TRANSACTION
     info = getattr(raw, "info", None)
     status = getattr(info, "transaction_status", None)
     if isinstance(status, int):  # psycopg 2 and 3
@@ -55,21 +66,42 @@ def in_transaction(connection: BaseDatabaseWrapper) -> bool:
     return bool(getattr(raw, "in_transaction", False))  # sqlite3; False where unknown
 
 
-def open_transactions() -> frozenset[str]:
-    """Aliases of this thread's connections that are in a transaction now.
+class Before:
+    """This thread's connections before a receiver runs, and the aliases of those in a
+    transaction then: none in a worker, which runs in autocommit. A worker run inside a
+    transaction (a test's ``atomic()``) leaves that transaction to its owner.
 
-    Taken before a receiver runs: none in a worker, which runs in autocommit. A worker run
-    inside a transaction (a test's ``atomic()``) leaves that transaction to its owner.
+    Taken once per batch (every receiver leaves the connections as it found them, or is
+    failed and they are put back so), it also spares each event the lookup of the thread's
+    connections through Django's thread-and-task-local handler, once every alias has its
+    connection object in this thread (with one database, from the first claim on): a
+    receiver can then open none that the list does not hold. Django keeps each alias's
+    object for the thread's life; :func:`discard` reconnects the same object.
     """
-    return frozenset(c.alias for c in connections.all(initialized_only=True) if in_transaction(c))
+
+    __slots__ = ("aliases", "connections", "every_alias")
+
+    def __init__(self) -> None:
+        self.connections = connections.all(initialized_only=True)
+        self.aliases = frozenset(c.alias for c in self.connections if in_transaction(c))
+        self.every_alias = len(self.connections) == len(connections.settings)
+
+    def now(self) -> Sequence[BaseDatabaseWrapper]:
+        """This thread's connection objects now."""
+        return self.connections if self.every_alias else connections.all(initialized_only=True)
 
 
-def roll_back_left_open(before: frozenset[str]) -> list[str]:
+def open_transactions() -> Before:
+    """This thread's connections now, and which are in a transaction (:class:`Before`)."""
+    return Before()
+
+
+def roll_back_left_open(before: Before) -> list[str]:
     """Roll back and close every connection in a transaction that was not in one
     ``before`` the receiver ran; return their aliases (normally none)."""
     left = []
-    for connection in connections.all(initialized_only=True):
-        if connection.alias not in before and in_transaction(connection):
+    for connection in before.now():
+        if connection.alias not in before.aliases and in_transaction(connection):
             discard(connection)
             left.append(connection.alias)
     return left

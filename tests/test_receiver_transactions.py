@@ -128,3 +128,36 @@ def test_the_look_for_a_transaction_left_open_costs_no_query(drain):
     one, five = queries_to_drain(1), queries_to_drain(5)
     # Each more event costs its receiver's INSERT, and nothing else.
     assert five - one == 4
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_transaction_left_open_on_a_database_first_opened_by_the_receiver_is_found(monkeypatch):
+    """The worker looks up its connections once per batch (transactions.Before); one that a
+    receiver opens for another database is still looked at after it, until every alias has
+    its connection object in the thread."""
+    from django.db.utils import ConnectionHandler
+
+    from outbox import transactions
+
+    handler = ConnectionHandler(
+        {
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+            "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        }
+    )
+    monkeypatch.setattr(transactions, "connections", handler)
+    try:
+        handler["default"].ensure_connection()
+        before = transactions.open_transactions()
+        assert (before.aliases, before.every_alias) == (frozenset(), False)
+        handler["other"].set_autocommit(False)  # the receiver: a connection, left in a transaction
+        assert transactions.roll_back_left_open(before) == ["other"]
+        assert handler["other"].get_autocommit(), "rolled back, reconnected in autocommit"
+
+        before = transactions.open_transactions()
+        assert before.every_alias and list(before.now()) == [handler["default"], handler["other"]]
+        handler["default"].set_autocommit(False)
+        assert transactions.roll_back_left_open(before) == ["default"]
+        assert transactions.roll_back_left_open(before) == []
+    finally:
+        handler.close_all()
