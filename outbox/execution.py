@@ -97,11 +97,22 @@ def decode_batch(rows: Sequence[queries.Claimed]) -> tuple[PayloadDecoder, dict[
     """Parse the payloads of a batch and fetch the model rows they name (one query per model,
     from the calling thread); return the decoder and each row's parsed payload by id."""
     decoder = PayloadDecoder()
-    payloads = {row.id: _parse(row.payload) for row in rows}
-    for payload in payloads.values():
-        decoder.add(payload)
+    payloads = {}
+    for row in rows:
+        raw = row.payload
+        payload = payloads[row.id] = _parse(raw)
+        if not _names_no_instance(raw):
+            decoder.add(payload)
     decoder.prefetch()
     return decoder, payloads
+
+
+def _names_no_instance(raw: Any) -> bool:
+    """Whether JSON text surely names no model instance, so that the walk for the rows to
+    fetch can be skipped (most payloads: primitives, and model classes as senders). An
+    instance's reference holds the string "model", written as such unless escaped, and no
+    escape but a \\u one spells a letter."""
+    return type(raw) is str and '"model"' not in raw and "\\u" not in raw
 
 
 def _run_alone(claim: Claim, row: queries.Claimed, payload: Any, decoder: PayloadDecoder) -> bool:

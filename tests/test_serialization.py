@@ -21,7 +21,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 import outbox
+from outbox import queries
 from outbox.decoding import PayloadDecoder
+from outbox.execution import decode_batch
 from outbox.models import Event
 from outbox.serialization import dumps, encode, encode_payload
 from outbox.worker import Worker
@@ -265,6 +267,26 @@ class TestModels:
         with django_assert_num_queries(1):
             decoded = [decoder.decode(p) for p in payloads]
         assert [kwargs["p"] for _, kwargs in decoded] == people
+
+    def test_a_claimed_batch_fetches_its_instances_before_any_receiver_runs(self, django_assert_num_queries):
+        # The worker skips the walk for rows to fetch in JSON text that cannot name an
+        # instance; an instance written with an escaped tag is still fetched with the rest.
+        people = [Person.objects.create(name=str(i)) for i in range(3)]
+        texts = [dumps(encode_payload(Person, {"p": p, "n": 1})) for p in people]
+        texts[2] = texts[2].replace('"model"', '"mod\\u0065l"')
+        assert json.loads(texts[2]) == json.loads(dumps(encode_payload(Person, {"p": people[2], "n": 1})))
+        plain = dumps(encode_payload(Person, {"n": 1, "text": 'a model, not "modelclass"'}))
+        rows = [queries.Claimed(i, "s", "r", text, 1, 8) for i, text in enumerate([*texts, plain])]
+        Person.objects.update(name="renamed since")  # fetched rows say so, snapshots do not
+        with django_assert_num_queries(1):
+            decoder, payloads = decode_batch(rows)
+        with django_assert_num_queries(0):
+            decoded = [decoder.decode(payloads[row.id]) for row in rows]
+        assert [kwargs.get("p") for _, kwargs in decoded] == [*people, None]
+        assert [kwargs["p"].name for _, kwargs in decoded[:3]] == ["renamed since"] * 3
+        assert decoded[3] == (Person, {"n": 1, "text": 'a model, not "modelclass"'})
+        with django_assert_num_queries(0):
+            decode_batch(rows[3:])
 
     def test_an_evaluated_queryset_keeps_its_rows_and_an_unevaluated_one_comes_back_empty(self):
         Person.objects.create(name="a")
