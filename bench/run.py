@@ -819,9 +819,11 @@ Read with the table above; profiles taken with pyinstrument and cProfile on this
   statements, each committed synchronously: per batch of 100, two statements and two WAL
   flushes. The worker makes one statement per batch (the claim also writes the previous batch
   done) and commits it asynchronously (`WORKER_ASYNC_COMMIT`), so what is left is its Python:
-  about 27 us of CPU per event with a primitive payload (decoding, the receiver call, the
-  check for transactions left open), which on two shared cores is as much as the floor's
-  statements cost. Larger batches did not measurably help (in-process, 100/250/500/1000).
+  about 26 us of CPU per event in-process with a primitive payload (parsing the payload, the
+  receiver's lookup and call, the outcome notes; 44 us before the cuts of "Drain: less Python
+  per event"), which on two shared cores is about the floor's whole time per event, so the
+  ratio swings either side of 1.0x with the machine's load. Larger batches did not measurably
+  help (in-process, 100/250/500/1000).
 - **Model instance per payload.** The re-fetch is one query per model per batch (`in_bulk`);
   what it costs is Django building 100 model instances per batch and the 100-parameter IN list,
   about 40 us of CPU per event more than a primitive payload.
