@@ -218,8 +218,9 @@ def call_receiver(
     before: Before | None = None,
     before_done: Callable[[], None] | None = None,
 ) -> BaseException | None:
-    """Call one receiver; return its failure, None on success. ``before``: the aliases of
-    this thread's connections in a transaction now, if the caller knows them (else looked up).
+    """Call one receiver; return its failure, None on success. ``before``: this thread's
+    connections and those in a transaction now (:func:`open_transactions`), if the caller
+    took them for its batch (else taken here).
 
     Whatever it raises is its failure, not the worker's: SystemExit, KeyboardInterrupt,
     CancelledError and GeneratorExit too, except Ctrl-C (see _is_ctrl_c). So is returning
