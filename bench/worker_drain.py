@@ -8,7 +8,9 @@ For A/B runs of the worker's own overhead, on the test settings and any database
         .venv/bin/python -m bench.worker_drain 5000 1,10 --rounds 3
 
 Run it from each checkout being compared, one after the other, more than once: the machine's
-load moves the rate more than small changes do.
+load moves the rate more than small changes do. ``--bare`` hides ``prometheus_client`` and
+``opentelemetry`` from the worker, as in the benchmark's own virtualenv (the test settings'
+virtualenv has both, and observing each receiver call costs about as much as the rest).
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ def main() -> None:
     parser.add_argument("events", type=int)
     parser.add_argument("concurrency", help="comma-separated, e.g. 1,10")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bare", action="store_true", help="no metrics or traces libraries")
     args = parser.parse_args()
+    if args.bare:
+        import sys
+
+        sys.modules["prometheus_client"] = sys.modules["opentelemetry"] = None
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import django
 
