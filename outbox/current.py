@@ -18,7 +18,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EventInfo", "begin", "current_event", "end", "enter", "running"]
+__all__ = ["EventInfo", "current_event", "end", "enter", "running"]
 
 
 @dataclass(frozen=True)
@@ -68,20 +68,16 @@ def current_event() -> EventInfo | None:
     )
 
 
-def enter(row: Any) -> None:
-    """Make claimed ``row`` the current event for the rest of this context: for a task that
-    runs one receiver and ends (its context is its own)."""
-    _current.set(row)
-
-
-def begin(row: Any) -> Token[Any]:
-    """Make claimed ``row`` the current event until :func:`end` is given the token returned
-    (what :func:`running` does, without a generator: the worker's loop calls it per event)."""
+def enter(row: Any) -> Token[Any]:
+    """Make claimed ``row`` the current event for the rest of this context (a task that runs
+    one receiver and ends: its context is its own), or until :func:`end` is given the token
+    returned (what :func:`running` does, without a generator: the worker's loop calls it per
+    event)."""
     return _current.set(row)
 
 
 def end(token: Token[Any]) -> None:
-    """Put back the current event as it was before :func:`begin` returned ``token``."""
+    """Put back the current event as it was before :func:`enter` returned ``token``."""
     _current.reset(token)
 
 

@@ -234,7 +234,7 @@ def call_receiver(
     if before is None:
         before = open_transactions()
     failure: BaseException | None = None
-    token = current.begin(ready.row)  # not current.running(): a generator per event costs more
+    token = current.enter(ready.row)  # not current.running(): a generator per event costs more
     try:
         with observability.watching(ready):
             spec = ready.spec
