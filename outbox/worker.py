@@ -58,6 +58,9 @@ _FULL_CLAIM_EVERY = 1.0
 # claim made ahead back with its own unstarted rest (outbox.claims.Claim.behind).
 _AHEAD_AFTER_BATCHES_UNDER = 0.1
 
+# Longest the batch in hand waits for the claim made ahead to start (Worker._start_claim_ahead).
+_AHEAD_START_WAIT = 0.05
+
 # Seconds between a PostgreSQL worker's looks at the table's dead rows and at the oldest
 # transaction holding the xmin horizon (outbox.monitoring.attention), logged as warnings.
 _ATTENTION_INTERVAL = 60.0
@@ -452,10 +455,21 @@ class Worker:
         if self._ahead_pool is None:
             self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-claim-ahead")
         after = behind.position if time.monotonic() < self._next_full_claim else None
-        return self._ahead_pool.submit(self._claim_behind, settle, after, behind)
+        started = threading.Event()
+        future = self._ahead_pool.submit(self._claim_behind, settle, after, behind, started)
+        # Let the claim start before the batch does. The thread needs the interpreter lock
+        # to send its statement, and a thread that asks for the lock gets it only when its
+        # holder blocks, or after sys.getswitchinterval() (5 ms): the receivers of a quick
+        # batch would run first, and the claim would overlap nothing. Waiting here hands
+        # the lock over; it comes back when the claim thread blocks, on the database.
+        started.wait(_AHEAD_START_WAIT)
+        return future
 
-    def _claim_behind(self, settle: claims.Claim | None, after: Any, behind: claims.Claim) -> claims.Claim:
+    def _claim_behind(
+        self, settle: claims.Claim | None, after: Any, behind: claims.Claim, started: threading.Event
+    ) -> claims.Claim:
         """The claim-ahead thread's work: the next batch, held by the heartbeat at once."""
+        started.set()
         recycle_connections()
         claim = self._claim(settle=settle, after=after)
         if claim.rows:

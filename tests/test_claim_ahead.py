@@ -20,6 +20,7 @@ from outbox.worker import Worker
 from tests.conftest import calls, postgres_only, wait_for
 from tests.testapp.atomic_receivers import plain_work
 from tests.testapp.models import Call
+from tests.testapp.receivers import CALLS
 from tests.testapp.signals import pinged
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,6 +70,33 @@ def test_the_next_batch_is_claimed_while_one_runs_and_carries_the_one_before():
     finish(worker)
     assert statuses() == {"done": 15}
     assert sorted(kwargs["n"] for _, _, kwargs in calls("flaky")) == list(range(15))
+
+
+@postgres_only
+def test_the_claim_made_ahead_is_under_way_before_the_batch_it_waits_behind_starts(monkeypatch):
+    """The claim thread needs the interpreter lock to send its statement, and would get it
+    only once the batch's receivers had blocked or had run for sys.getswitchinterval() (5
+    ms): quick receivers that never block would all run first, and the claim would overlap
+    nothing (BENCHMARKS.md, "Drain: the claim made ahead overlaps the batch")."""
+    real = claims.claim
+
+    def claim(*args, **kwargs):
+        if threading.current_thread().name.startswith("outbox-claim-ahead"):
+            CALLS.append(("claim ahead", None, {}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(claims, "claim", claim)
+    send(20)
+    worker = Worker(listen=False, batch_size=5)
+    try:
+        for _ in range(3):
+            assert worker._run_batch() == 5
+    finally:
+        finish(worker)
+    # Batch 1 is claimed by the loop itself; each batch then claims the next one ahead.
+    names = [name for name, _, _ in CALLS]
+    assert names[:18] == (["claim ahead"] + ["flaky"] * 5) * 3
+    assert statuses() == {"done": 20}
 
 
 @postgres_only
