@@ -252,6 +252,11 @@ bench-ab: $(BENCH_VENV)/.installed postgres-up
 bench-claim-ahead: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.claim_ahead --pg $(BENCH_PG)
 
+# One worker's drain timed from inside: its claims and batches, and whether they overlap.
+.PHONY: bench-drain-timeline
+bench-drain-timeline: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.drain_timeline --pg $(BENCH_PG)_timeline
+
 # The claim and the drain with 1,000,000 finished rows that a held snapshot keeps from VACUUM
 # (bench/bloat.py; not in CI: minutes). BENCH_BLOAT_ARGS="--rows 200000 --events 5000".
 # The claim beside 10,000,000 done events, and outbox_prune deleting them while a sender

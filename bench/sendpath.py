@@ -8,7 +8,10 @@ the ratio, and the process's own CPU per transaction (client-side work plus its 
 - ``select 1``: one more round trip and nothing else: what any hand-off costs at least;
 - ``raw insert``: one outbox row written by a constant statement, no NOTIFY;
 - ``ours``: ``work1.send(...)`` with one deferred receiver (nobody waits: no NOTIFY);
-- ``ours, encode only``: the send path's Python without the INSERT.
+- ``ours, encode only``: the send path's Python without the INSERT;
+- ``our INSERT, built once``: the statement ``ours`` sends (deciding whether to NOTIFY: see
+  ``outbox.wakeup``), built before the run, so no Python of ours; ``... without the NOTIFY
+  decision``: the same statement without it (what the decision costs the database).
 """
 
 from __future__ import annotations
@@ -42,12 +45,27 @@ def _encode(obj: Item) -> None:
     serialization.dumps(serialization.encode_payload(Item, {"item_id": obj.pk}))
 
 
+def _our_insert(decide: bool) -> str:
+    from outbox import queries
+
+    connection.ensure_connection()
+    payload = serialization.dumps(serialization.encode_payload(Item, {"item_id": 1}))
+    row = queries.NewEvent("bench.benchapp.receivers.noop", 8)
+    return queries._postgresql_insert(
+        connection.connection, "bench.benchapp.signals.work1", [row], payload, decide
+    )
+
+
+_OURS, _OURS_UNDECIDED = _our_insert(True), _our_insert(False)
+
 STEPS = {
     "baseline: save only": lambda obj: None,
     "select 1": lambda obj: _sql("SELECT 1"),
     "raw insert": lambda obj: _sql(_RAW),
     "ours": lambda obj: work1.send(sender=Item, item_id=obj.pk),
     "ours, encode only": _encode,
+    "our INSERT, built once": lambda obj: _sql(_OURS),
+    "... without the NOTIFY decision": lambda obj: _sql(_OURS_UNDECIDED),
 }
 
 
@@ -78,11 +96,11 @@ def main() -> None:
             cpu[name] += time.process_time() - cpu0
     base = statistics.median(wall["baseline: save only"])
     rounds = len(wall[names[0]])
-    print(f"{'step':22} {'median':>9} {'adds':>9} {'ratio':>6} {'client CPU':>11}   ({rounds} rounds)")
+    print(f"{'step':32} {'median':>9} {'adds':>9} {'ratio':>6} {'client CPU':>11}   ({rounds} rounds)")
     for name in STEPS:
         median = statistics.median(wall[name])
         print(
-            f"{name:22} {median * 1e6:7.0f} us {(median - base) * 1e6:+7.0f} us {median / base:5.2f}x "
+            f"{name:32} {median * 1e6:7.0f} us {(median - base) * 1e6:+7.0f} us {median / base:5.2f}x "
             f"{cpu[name] / len(wall[name]) * 1e6:8.0f} us"
         )
 
