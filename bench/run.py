@@ -812,26 +812,31 @@ Read with the table above; profiles taken with pyinstrument and cProfile on this
   client-side quoting of the parameters), which stretches when the two cores are contended.
   NOTIFY also takes a server-wide lock at commit, held through the commit's WAL flush, so
   notifying commits of every database on the server queue behind one another: that is the
-  8-client gap. Three receivers are three INSERTs, one round trip each; writing all of a send's
-  deferred receivers in one multi-row INSERT would bring that row near the one-receiver row
-  (not done).
+  8-client gap. Three receivers are one INSERT of three rows (the arguments encoded once), so
+  their extra cost is two more rows in the statement and three receivers' routing in Python.
 - **Drain.** The floor is a raw psycopg loop running only our claim and completion
   statements, each committed synchronously: per batch of 100, two statements and two WAL
   flushes. The worker makes one statement per batch (the claim also writes the previous batch
-  done) and commits it asynchronously (`WORKER_ASYNC_COMMIT`), so what is left is its Python:
-  about 26 us of CPU per event in-process with a primitive payload (parsing the payload, the
-  receiver's lookup and call, the outcome notes; 44 us before the cuts of "Drain: less Python
-  per event"), which on two shared cores is about the floor's whole time per event, so the
-  ratio swings either side of 1.0x with the machine's load. Larger batches did not measurably
-  help (in-process, 100/250/500/1000).
+  done) and commits it asynchronously (`WORKER_ASYNC_COMMIT`), and claims the next batch from a
+  second connection while a batch runs (`WORKER_CLAIM_AHEAD`). What bounds it now is that claim
+  in the database: timed in the worker, a claim of 100 rows carrying the last batch's completion
+  took 2.5-3.2 ms while the batch's no-op receivers ran in 0.7-0.8 ms (the worker's Python is
+  about 16-17 us of CPU per event, all threads). The floor pays the same database work plus two
+  WAL flushes and a round trip more, one after the other, so ours sits near it (0.99-1.12x in
+  `make bench-claim-ahead` runs) rather than far above it. Larger batches did not measurably
+  help (in-process, 100/250/500/1000, before claiming ahead).
 - **Model instance per payload.** The re-fetch is one query per model per batch (`in_bulk`);
   what it costs is Django building 100 model instances per batch and the 100-parameter IN list,
   about 40 us of CPU per event more than a primitive payload.
 - **Latency.** After the wake-up the worker makes one claim, committed asynchronously (no WAL
-  flush): about 0.4 ms on an idle table, of which planning is most (the statement is planned
-  at each run: client-side binding). The rest is the NOTIFY's way from the sender's commit
-  through the listening backend to the worker process: three processes to schedule on two
-  cores shared with other jobs, which sets the p99.
+  flush). Timed inside the worker, the NOTIFY arrives about 0.1 ms after the sender's commit
+  returns and the receiver starts about 0.15 ms after the claim returns: the claim is the rest,
+  about 1.4 ms. Back to back that claim costs 0.25-0.5 ms, most of it planning (planned at each
+  run: client-side binding); after the worker has idled 20 ms between events, as here, any round
+  trip costs 0.3-0.5 ms more on this machine, a bare `SELECT 1` included, and the claim
+  0.7-1.5 ms (`make bench-prepared`: "after idle"). Prepared (the connection's
+  `prepare_threshold`, opt-in: docs/worker.md) it costs 0.33-0.6 ms after idle, which brings the
+  p50 to about 1.0 ms; not prepared, the claim alone is about the whole 1.0 ms target.
 - **Noise.** Other jobs ran test suites against the same PostgreSQL server during these runs
   (load averages of 3 to 12 on 2 cores), and the server was restarted under one run (the step
   was retried). Rates differ by up to 2x between runs; compare figures within one run.
