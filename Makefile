@@ -257,6 +257,11 @@ bench-claim-ahead: $(BENCH_VENV)/.installed postgres-up
 bench-drain-timeline: $(BENCH_VENV)/.installed postgres-up
 	$(BENCH_PY) -m bench.drain_timeline --pg $(BENCH_PG)_timeline
 
+# Where the LISTEN latency goes: commit, wake-up, claim and receiver start, timed in the worker.
+.PHONY: bench-latency-timeline
+bench-latency-timeline: $(BENCH_VENV)/.installed postgres-up
+	$(BENCH_PY) -m bench.latency_timeline --pg $(BENCH_PG)_latency
+
 # The claim and the drain with 1,000,000 finished rows that a held snapshot keeps from VACUUM
 # (bench/bloat.py; not in CI: minutes). BENCH_BLOAT_ARGS="--rows 200000 --events 5000".
 # The claim beside 10,000,000 done events, and outbox_prune deleting them while a sender
