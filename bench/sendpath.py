@@ -8,6 +8,7 @@ the ratio, and the process's own CPU per transaction (client-side work plus its 
 - ``select 1``: one more round trip and nothing else: what any hand-off costs at least;
 - ``raw insert``: one outbox row written by a constant statement, no NOTIFY;
 - ``ours``: ``work1.send(...)`` with one deferred receiver (nobody waits: no NOTIFY);
+- ``ours, 3 receivers``: ``work3.send(...)``, three deferred receivers (one INSERT of three rows);
 - ``ours, encode only``: the send path's Python without the INSERT;
 - ``our INSERT, built once``: the statement ``ours`` sends (deciding whether to NOTIFY: see
   ``outbox.wakeup``), built before the run, so no Python of ours; ``... without the NOTIFY
@@ -31,7 +32,7 @@ django.setup()
 from django.db import connection, transaction  # noqa: E402
 
 from bench.benchapp.models import Item  # noqa: E402
-from bench.benchapp.signals import work1  # noqa: E402
+from bench.benchapp.signals import work1, work3  # noqa: E402
 from bench.child import _RAW  # noqa: E402
 from outbox import serialization  # noqa: E402
 
@@ -63,6 +64,7 @@ STEPS = {
     "select 1": lambda obj: _sql("SELECT 1"),
     "raw insert": lambda obj: _sql(_RAW),
     "ours": lambda obj: work1.send(sender=Item, item_id=obj.pk),
+    "ours, 3 receivers": lambda obj: work3.send(sender=Item, item_id=obj.pk),
     "ours, encode only": _encode,
     "our INSERT, built once": lambda obj: _sql(_OURS),
     "... without the NOTIFY decision": lambda obj: _sql(_OURS_UNDECIDED),
