@@ -19,19 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _fresh_database(url: str, env: dict[str, str]) -> None:
-    server, _, name = url.rstrip("/").rpartition("/")
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], env=env, cwd=ROOT, check=True)
+from bench.scale import ROOT, Scale
 
 
 def main() -> None:
@@ -42,7 +33,9 @@ def main() -> None:
     os.environ.update(
         BENCH_DATABASE_URL=args.pg, DJANGO_SETTINGS_MODULE="bench.settings", PYTHONPATH=str(ROOT)
     )
-    _fresh_database(args.pg, dict(os.environ))
+    scale = Scale(args.pg)  # a fresh database, migrated
+    scale.env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    scale.setup()
     fill = [sys.executable, "-m", "bench.child", "fill", "ours", "--count", str(args.events)]
     subprocess.run(fill, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True, cwd=ROOT)
     with psycopg.connect(args.pg, autocommit=True) as conn:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.drain_timeline import ROOT, _fresh_database
+from bench.scale import ROOT, Scale
 
 
 def worker(out: str) -> None:
@@ -82,7 +82,9 @@ def main() -> None:
     if args.worker:
         worker(args.worker)
         return
-    _fresh_database(args.pg, dict(os.environ))
+    scale = Scale(args.pg)  # a fresh database, migrated
+    scale.env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    scale.setup()
     import django
 
     django.setup()
